@@ -1,0 +1,370 @@
+use super::EmbeddedBusConfig;
+use crate::{BusError, EventBus, Message, Position, Record, Subscription};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+const HEADER: usize = 8;
+/// Bytes one group commit writes at most, so a burst does not delay every caller behind it.
+const MAX_COMMIT_BYTES: usize = 8 << 20;
+const READ_CHUNK: usize = 1 << 20;
+/// Body of the record that closes each group commit: a key length no real key can have.
+const COMMIT_MARK: [u8; 2] = [0xff, 0xff];
+
+pub struct EmbeddedEventBus {
+    config: EmbeddedBusConfig,
+    topics: Mutex<HashMap<String, Arc<TopicLog>>>,
+    _lock: File,
+}
+
+struct TopicLog {
+    log_path: PathBuf,
+    groups_dir: PathBuf,
+    appends: mpsc::Sender<Append>,
+    end: watch::Receiver<u64>,
+}
+
+struct Append {
+    frames: Vec<u8>,
+    done: oneshot::Sender<std::io::Result<()>>,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BusError {
+    let what = what.into();
+    move |source| BusError::Io { what, source }
+}
+
+impl EmbeddedEventBus {
+    /// Opens (or creates) the bus in `config.dir`. One process at a time: a second open of the
+    /// same directory fails instead of corrupting the logs.
+    pub fn open(config: EmbeddedBusConfig) -> Result<Self, BusError> {
+        std::fs::create_dir_all(&config.dir).map_err(io(config.dir.display().to_string()))?;
+        let lock_path = config.dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(io(lock_path.display().to_string()))?;
+        lock.try_lock().map_err(|_| {
+            BusError::Invalid(format!("{} is in use by another mailpipe process", config.dir.display()))
+        })?;
+        let bus = EmbeddedEventBus { config, topics: Mutex::new(HashMap::new()), _lock: lock };
+        // Recover every existing log now, so a torn tail is cut before anyone reads.
+        for entry in std::fs::read_dir(&bus.config.dir).map_err(io(bus.config.dir.display().to_string()))? {
+            let path = entry.map_err(io(bus.config.dir.display().to_string()))?.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+                    bus.topic(name)?;
+                }
+            }
+        }
+        Ok(bus)
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<TopicLog>, BusError> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(BusError::Invalid(format!("invalid topic name {name:?}")));
+        }
+        let mut topics = self.topics.lock();
+        if let Some(t) = topics.get(name) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(TopicLog::open(&self.config.dir, name)?);
+        topics.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+}
+
+impl TopicLog {
+    fn open(dir: &Path, name: &str) -> Result<TopicLog, BusError> {
+        let log_path = dir.join(format!("{name}.log"));
+        let groups_dir = dir.join(format!("{name}.groups"));
+        std::fs::create_dir_all(&groups_dir).map_err(io(groups_dir.display().to_string()))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(log_path.display().to_string()))?;
+        let scan_from = committed_offsets(&groups_dir)?.into_iter().min().unwrap_or(0);
+        let end = valid_end(&file, scan_from).map_err(io(log_path.display().to_string()))?;
+        let len = file.metadata().map_err(io(log_path.display().to_string()))?.len();
+        if len != end {
+            tracing::warn!(log = %log_path.display(), cut = len - end, "cutting torn tail of bus log");
+            file.set_len(end).map_err(io(log_path.display().to_string()))?;
+            file.sync_all().map_err(io(log_path.display().to_string()))?;
+        }
+        let (appends, rx) = mpsc::channel::<Append>(4096);
+        let (end_tx, end_rx) = watch::channel(end);
+        let thread_name = format!("bus-{name}");
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || writer(&mut file, end, rx, end_tx))
+            .map_err(io("spawning bus writer"))?;
+        Ok(TopicLog { log_path, groups_dir, appends, end: end_rx })
+    }
+}
+
+/// The group-commit loop: takes every append waiting, writes them at once, syncs once, and
+/// only then answers their callers and moves the end that consumers read up to.
+fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx: watch::Sender<u64>) {
+    let mut buf = Vec::with_capacity(MAX_COMMIT_BYTES);
+    let mut waiting = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        buf.clear();
+        buf.extend_from_slice(&first.frames);
+        waiting.push(first.done);
+        while buf.len() < MAX_COMMIT_BYTES {
+            match rx.try_recv() {
+                Ok(next) => {
+                    buf.extend_from_slice(&next.frames);
+                    waiting.push(next.done);
+                }
+                Err(_) => break,
+            }
+        }
+        // A kill can leave part of a write behind; the mark lets recovery keep whole commits only.
+        frame_body(&mut buf, &COMMIT_MARK);
+        let result = file.write_all(&buf).and_then(|_| file.sync_data());
+        match result {
+            Ok(()) => {
+                end += buf.len() as u64;
+                end_tx.send_replace(end);
+                metrics::counter!("mailpipe_bus_group_commits_total").increment(1);
+                for done in waiting.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Nothing of this commit is acknowledged, so none of it may stay in the log.
+                let _ = file.set_len(end);
+                tracing::error!(error = %e, "bus log write failed");
+                for done in waiting.drain(..) {
+                    let _ = done.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// The end of the last whole group commit at or after `from` (a commit boundary).
+fn valid_end(file: &File, from: u64) -> std::io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(READ_CHUNK, file);
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(from))?;
+    let mut pos = from;
+    let mut committed = from;
+    let mut header = [0u8; HEADER];
+    let mut body = Vec::new();
+    loop {
+        if pos + HEADER as u64 > len || reader.read_exact(&mut header).is_err() {
+            return Ok(committed);
+        }
+        let body_len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as u64;
+        if pos + HEADER as u64 + body_len > len {
+            return Ok(committed);
+        }
+        body.resize(body_len as usize, 0);
+        if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body).to_le_bytes() != header[4..8] {
+            return Ok(committed);
+        }
+        pos += HEADER as u64 + body_len;
+        if body == COMMIT_MARK {
+            committed = pos;
+        }
+    }
+}
+
+fn committed_offsets(groups_dir: &Path) -> Result<Vec<u64>, BusError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(groups_dir).map_err(io(groups_dir.display().to_string()))? {
+        let path = entry.map_err(io(groups_dir.display().to_string()))?.path();
+        if path.extension().is_none() {
+            out.push(read_offset(&path)?);
+        }
+    }
+    Ok(out)
+}
+
+fn read_offset(path: &Path) -> Result<u64, BusError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| BusError::Invalid(format!("{} does not hold an offset", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io(path.display().to_string())(e)),
+    }
+}
+
+fn frame(out: &mut Vec<u8>, key: &[u8], payload: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(payload);
+    seal(out, start);
+}
+
+fn frame_body(out: &mut Vec<u8>, body: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    out.extend_from_slice(body);
+    seal(out, start);
+}
+
+/// Fills in the length and checksum of the record that starts at `start`.
+fn seal(out: &mut [u8], start: usize) {
+    let body_len = (out.len() - start - HEADER) as u32;
+    let crc = crc32fast::hash(&out[start + HEADER..]);
+    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[async_trait]
+impl EventBus for EmbeddedEventBus {
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), BusError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let log = self.topic(topic)?;
+        let mut frames = Vec::with_capacity(messages.iter().map(|m| HEADER + 2 + m.key.len() + m.payload.len()).sum());
+        for m in &messages {
+            if m.payload.len() + m.key.len() > self.config.max_message_bytes || m.key.len() >= u16::MAX as usize {
+                return Err(BusError::Invalid(format!(
+                    "message of {} bytes is over the limit of {}",
+                    m.payload.len() + m.key.len(),
+                    self.config.max_message_bytes
+                )));
+            }
+            frame(&mut frames, &m.key, &m.payload);
+        }
+        let (done, wait) = oneshot::channel();
+        log.appends.send(Append { frames, done }).await.map_err(|_| BusError::Closed)?;
+        wait.await.map_err(|_| BusError::Closed)?.map_err(io(log.log_path.display().to_string()))?;
+        metrics::counter!("mailpipe_bus_messages_published_total", "topic" => topic.to_string())
+            .increment(messages.len() as u64);
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, BusError> {
+        if group.is_empty() || !group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(BusError::Invalid(format!("invalid consumer group name {group:?}")));
+        }
+        let log = self.topic(topic)?;
+        let group_path = log.groups_dir.join(group);
+        let pos = read_offset(&group_path)?;
+        let file = File::open(&log.log_path).map_err(io(log.log_path.display().to_string()))?;
+        Ok(Box::new(EmbeddedSubscription { file, pos, end: log.end.clone(), group_path, buf: Vec::new() }))
+    }
+
+    async fn health(&self) -> Result<(), BusError> {
+        let topics: Vec<_> = self.topics.lock().values().cloned().collect();
+        if topics.iter().any(|t| t.appends.is_closed()) {
+            return Err(BusError::Closed);
+        }
+        Ok(())
+    }
+}
+
+struct EmbeddedSubscription {
+    file: File,
+    pos: u64,
+    end: watch::Receiver<u64>,
+    group_path: PathBuf,
+    buf: Vec<u8>,
+}
+
+impl EmbeddedSubscription {
+    fn read_records(&mut self, max: usize, end: u64) -> Result<Vec<Record>, BusError> {
+        let mut records = Vec::new();
+        while records.len() < max && self.pos < end {
+            let want = (end - self.pos).min(READ_CHUNK as u64) as usize;
+            self.buf.resize(want, 0);
+            self.file.read_exact_at(&mut self.buf, self.pos).map_err(io("reading bus log"))?;
+            let mut at = 0usize;
+            while records.len() < max && at + HEADER <= self.buf.len() {
+                let body_len = u32::from_le_bytes(self.buf[at..at + 4].try_into().unwrap_or_default()) as usize;
+                if at + HEADER + body_len > self.buf.len() {
+                    if at == 0 {
+                        // A record larger than one chunk: read exactly it.
+                        self.buf.resize(HEADER + body_len, 0);
+                        self.file.read_exact_at(&mut self.buf, self.pos).map_err(io("reading bus log"))?;
+                        continue;
+                    }
+                    break;
+                }
+                let body = &self.buf[at + HEADER..at + HEADER + body_len];
+                if crc32fast::hash(body).to_le_bytes() != self.buf[at + 4..at + 8] || body_len < 2 {
+                    return Err(BusError::Invalid(format!("bus log checksum mismatch at offset {}", self.pos)));
+                }
+                let offset = self.pos;
+                let next = offset + (HEADER + body_len) as u64;
+                at += HEADER + body_len;
+                self.pos = next;
+                if body == COMMIT_MARK {
+                    continue;
+                }
+                let key_len = (u16::from_le_bytes([body[0], body[1]]) as usize).min(body_len - 2);
+                records.push(Record {
+                    position: Position { partition: 0, offset },
+                    next: Position { partition: 0, offset: next },
+                    key: body[2..2 + key_len].to_vec(),
+                    payload: body[2 + key_len..].to_vec(),
+                });
+            }
+        }
+        Ok(records)
+    }
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError> {
+        let mut end = *self.end.borrow_and_update();
+        if self.pos >= end {
+            let changed = tokio::time::timeout(wait, self.end.changed()).await;
+            if let Ok(Err(_)) = changed {
+                return Err(BusError::Closed);
+            }
+            end = *self.end.borrow_and_update();
+        }
+        self.read_records(max.max(1), end)
+    }
+
+    async fn commit(&mut self, upto: &[Position]) -> Result<(), BusError> {
+        let Some(offset) = upto.iter().filter(|p| p.partition == 0).map(|p| p.offset).max() else {
+            return Ok(());
+        };
+        let path = self.group_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("tmp");
+            let mut f = File::create(&tmp)?;
+            f.write_all(offset.to_string().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BusError::Io { what: "commit task".into(), source: std::io::Error::other(e) })?
+        .map_err(io(self.group_path.display().to_string()))
+    }
+
+    fn seek(&mut self, to: Position) -> Result<(), BusError> {
+        if to.partition != 0 || to.offset > *self.end.borrow() {
+            return Err(BusError::Invalid(format!("no position {}:{} in this log", to.partition, to.offset)));
+        }
+        self.pos = to.offset;
+        Ok(())
+    }
+
+    fn lag(&self) -> u64 {
+        self.end.borrow().saturating_sub(self.pos)
+    }
+}

@@ -1,0 +1,83 @@
+//! The event bus seam: publish batches that are durable when the call returns, consume them
+//! as a group, acknowledge after the downstream write is durable, replay from an offset.
+//! Backends: the embedded on-disk log (this crate); Kafka comes behind the same traits.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use std::time::Duration;
+
+pub use embedded::{EmbeddedBusConfig, EmbeddedEventBus};
+
+/// Topic of raw events, from the edge to the processors.
+pub const EVENTS_TOPIC: &str = "events";
+/// Topic of events a processor could not accept, with the reason.
+pub const DEAD_LETTER_TOPIC: &str = "dead-letter";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus i/o on {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the bus is shut down")]
+    Closed,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl BusError {
+    /// Whether trying again later can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, BusError::Io { .. })
+    }
+}
+
+/// Where a record sits: a partition and an offset within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// A record read from the bus. `next` is the position to commit once it has been handled.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub position: Position,
+    pub next: Position,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// A record to publish. The key chooses the partition (tenant + recipient keeps one
+/// recipient's events in order).
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    /// Appends the messages; returns once every one of them is durable.
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), BusError>;
+
+    /// Joins `group` on `topic`, starting from the group's committed positions.
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Fails when the bus cannot take writes.
+    async fn health(&self) -> Result<(), BusError>;
+}
+
+#[async_trait]
+pub trait Subscription: Send {
+    /// Up to `max` records, waiting at most `wait` for the first one.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError>;
+
+    /// Records that everything before these positions has been handled durably.
+    async fn commit(&mut self, upto: &[Position]) -> Result<(), BusError>;
+
+    /// Moves the read position (replay); does not change committed offsets.
+    fn seek(&mut self, to: Position) -> Result<(), BusError>;
+
+    /// How many records are appended but not yet read by this subscription (approximate).
+    fn lag(&self) -> u64;
+}

@@ -1,0 +1,147 @@
+//! Tracking hits from recipients' mail clients: the open pixel, the click redirect and
+//! one-click unsubscribe (RFC 8058). A forged or altered token never redirects; a pixel is
+//! always served; a GET never unsubscribes (link scanners prefetch URLs).
+
+use crate::IngestState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::Utc;
+use mailpipe_schemas::{Event, EventType};
+use mailpipe_tokens::{Claims, Kind};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A transparent 1x1 GIF: 43 bytes.
+pub const PIXEL_GIF: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
+    0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+const NOT_FOUND_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Link not found</title>\
+    <p>This link is not valid. It may have been mistyped or altered.</p>";
+
+fn hit_event(claims: Claims, event_type: EventType, headers: &HeaderMap) -> Event {
+    let now = Utc::now();
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());
+    let ip = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().chars().take(64).collect());
+    Event {
+        event_id: Uuid::now_v7(),
+        tenant: claims.tenant,
+        event_type,
+        occurred_at: now,
+        received_at: now,
+        campaign: claims.campaign,
+        variant: claims.variant,
+        message_id: claims.message_id,
+        recipient: claims.recipient,
+        link: (event_type == EventType::Click).then_some(claims.link),
+        bounce_class: None,
+        status: None,
+        reason: None,
+        revenue_micros: None,
+        currency: None,
+        user_agent: header(header::USER_AGENT),
+        ip,
+    }
+}
+
+async fn record(state: &IngestState, event: Event, source: &'static str) -> bool {
+    match crate::publish(state.bus.as_ref(), std::slice::from_ref(&event)).await {
+        Ok(()) => {
+            metrics::counter!("mailpipe_ingest_events_received_total", "source" => source).increment(1);
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, source, "publishing tracking hit failed");
+            metrics::counter!("mailpipe_ingest_publish_failures_total", "source" => source).increment(1);
+            false
+        }
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store, max-age=0"));
+    response
+}
+
+fn not_found() -> Response {
+    no_store((StatusCode::NOT_FOUND, Html(NOT_FOUND_PAGE)).into_response())
+}
+
+pub(crate) async fn open(State(state): State<Arc<IngestState>>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+    match state.registry.verify(&token, Kind::Open) {
+        Ok(claims) => {
+            record(&state, hit_event(claims, EventType::Open, &headers), "open").await;
+        }
+        Err(_) => metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "open").increment(1),
+    }
+    no_store(([(header::CONTENT_TYPE, "image/gif")], PIXEL_GIF).into_response())
+}
+
+pub(crate) async fn click(State(state): State<Arc<IngestState>>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+    let Ok(claims) = state.registry.verify(&token, Kind::Click) else {
+        metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "click").increment(1);
+        return not_found();
+    };
+    let Ok(location) = HeaderValue::from_str(&claims.link) else { return not_found() };
+    if !(claims.link.starts_with("https://") || claims.link.starts_with("http://")) {
+        return not_found();
+    }
+    // The recipient gets their page even if the bus is down; the hit is logged as lost.
+    record(&state, hit_event(claims, EventType::Click, &headers), "click").await;
+    no_store((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
+}
+
+pub(crate) async fn unsubscribe_page(State(state): State<Arc<IngestState>>, Path(token): Path<String>) -> Response {
+    if state.registry.verify(&token, Kind::Unsubscribe).is_err() {
+        return not_found();
+    }
+    let page = format!(
+        "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>\
+         <title>Unsubscribe</title><h1>Unsubscribe</h1><p>Stop receiving these emails?</p>\
+         <form method=post action='/u/{token}'><input type=hidden name=List-Unsubscribe value=One-Click>\
+         <button type=submit>Unsubscribe</button></form>"
+    );
+    no_store(Html(page).into_response())
+}
+
+/// RFC 8058 one-click: the body must say `List-Unsubscribe=One-Click` (form-urlencoded or
+/// multipart); no cookie, no auth, no redirect.
+pub(crate) async fn unsubscribe(
+    State(state): State<Arc<IngestState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(claims) = state.registry.verify(&token, Kind::Unsubscribe) else {
+        metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "unsubscribe").increment(1);
+        return not_found();
+    };
+    let body = String::from_utf8_lossy(&body);
+    let one_click = body.split('&').any(|p| p.trim() == "List-Unsubscribe=One-Click")
+        || (body.contains("name=\"List-Unsubscribe\"") && body.contains("One-Click"));
+    if !one_click {
+        return (StatusCode::BAD_REQUEST, "expected the body List-Unsubscribe=One-Click (RFC 8058)\n").into_response();
+    }
+    if !record(&state, hit_event(claims, EventType::Unsubscribe, &headers), "unsubscribe").await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "please try again in a minute\n").into_response();
+    }
+    no_store(Html("<!doctype html><meta charset=utf-8><title>Unsubscribed</title><p>You are unsubscribed.</p>").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pixel_is_a_43_byte_gif() {
+        assert_eq!(super::PIXEL_GIF.len(), 43);
+        assert_eq!(&super::PIXEL_GIF[..6], b"GIF89a");
+        assert_eq!(super::PIXEL_GIF[42], 0x3b);
+    }
+}

@@ -1,0 +1,178 @@
+//! Configuration: compiled-in defaults, then a TOML file, then `MAILPIPE__SECTION__KEY`
+//! environment variables. Unknown fields are errors; `validate` runs after loading.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    #[error("configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded backends and the tenant registry keep their files.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub bus: BusConfig,
+    pub store: StoreConfig,
+    pub processor: ProcessorConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Base of the tracking URLs mailpipe mints, as recipients reach it.
+    pub public_url: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events one `POST /v1/events` may carry.
+    pub max_events_per_request: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BusConfig {
+    /// On-disk log in `<data_dir>/bus`.
+    Embedded,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// Parquet in `<data_dir>/store`, queried with DataFusion.
+    Datafusion { compact_after_files: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Consumer group of the store writer.
+    pub group: String,
+    /// Most events taken from the bus at once.
+    pub batch_max: usize,
+    /// How often the store is flushed and bus offsets committed, in milliseconds: the upper
+    /// bound on work redone after a crash, and on the number of small files written.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            http: HttpConfig {
+                listen: "127.0.0.1:8080".parse().expect("valid default address"),
+                public_url: "http://127.0.0.1:8080".into(),
+                max_body_bytes: 10 << 20,
+                max_events_per_request: 10_000,
+            },
+            bus: BusConfig::Embedded,
+            store: StoreConfig::Datafusion { compact_after_files: 16 },
+            processor: ProcessorConfig { group: "store-writer".into(), batch_max: 20_000, flush_interval_ms: 500 },
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid { field: "--config", reason: format!("{} does not exist", file.display()) });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("MAILPIPE__").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_string() });
+        if !(self.http.public_url.starts_with("http://") || self.http.public_url.starts_with("https://")) {
+            return invalid("http.public_url", "must start with http:// or https://");
+        }
+        if self.http.max_events_per_request == 0 {
+            return invalid("http.max_events_per_request", "must be at least 1");
+        }
+        if self.processor.batch_max == 0 {
+            return invalid("processor.batch_max", "must be at least 1");
+        }
+        if self.processor.flush_interval_ms == 0 || self.processor.flush_interval_ms > 60_000 {
+            return invalid("processor.flush_interval_ms", "must be between 1 and 60000");
+        }
+        if self.processor.group.is_empty() {
+            return invalid("processor.group", "must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn bus_dir(&self) -> PathBuf {
+        self.data_dir.join("bus")
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    pub fn registry_path(&self) -> PathBuf {
+        self.data_dir.join("registry.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mailpipe.example.toml");
+        figment::Jail::expect_with(|_| {
+            assert_eq!(Config::load(Some(&path)).unwrap(), Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_file_and_unknown_fields_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "data_dir = \"/tmp/x\"\n[http]\nlisten = \"0.0.0.0:9000\"\n")?;
+            jail.set_env("MAILPIPE__HTTP__LISTEN", "127.0.0.1:7000");
+            jail.set_env("MAILPIPE__PROCESSOR__FLUSH_INTERVAL_MS", "250");
+            let c = Config::load(Some(Path::new("m.toml"))).unwrap();
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(c.http.listen.port(), 7000);
+            assert_eq!(c.processor.flush_interval_ms, 250);
+
+            jail.create_file("bad.toml", "[http]\nlisten_on = \"0.0.0.0:9000\"\n")?;
+            let err = Config::load(Some(Path::new("bad.toml"))).unwrap_err().to_string();
+            assert!(err.contains("listen_on"), "{err}");
+
+            jail.set_env("MAILPIPE__PROCESSOR__BATCH_MAX", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("processor.batch_max"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn backends_are_tagged() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[bus]\nbackend = \"kafka\"\n")?;
+            assert!(Config::load(Some(Path::new("k.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

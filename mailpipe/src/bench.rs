@@ -1,0 +1,235 @@
+//! Benchmarks that print figures (never tests: these machines are shared and noisy).
+//! `overview`: overview query latency over HTTP from the rollup on N stored events, next to
+//! DataFusion scanning the same raw rows. `freshness`: tracking hit to queryable, p50/p99.
+//! The pixel throughput benchmark against nginx is `tests/bench/pixel.sh`.
+
+use crate::demo::{Generator, Profile};
+use crate::{telemetry, App};
+use anyhow::Context;
+use chrono::{Duration as Days, Utc};
+use clap::Subcommand;
+use mailpipe_config::Config;
+use mailpipe_store::datafusion::{DataFusionEventStore, DataFusionStoreConfig};
+use mailpipe_store::{EventStore, OverviewQuery};
+use mailpipe_tokens::{Claims, Kind};
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Overview latency on a store of `--events` events (generated once into `--dir`).
+    Overview {
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        #[arg(long, default_value = "./bench-data/overview")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+        /// Raw DataFusion scans to run as the reference.
+        #[arg(long, default_value_t = 10)]
+        scans: usize,
+    },
+    /// Hit-to-queryable latency under a steady stream of open pixel hits.
+    Freshness {
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+pub async fn run(command: BenchCommand, _config: Config) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Overview { events, dir, queries, scans } => overview(events, dir, queries, scans).await,
+        BenchCommand::Freshness { rate, seconds } => freshness(rate, seconds).await,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> anyhow::Result<()> {
+    let marker = dir.join(format!("complete-{events}"));
+    if !marker.exists() {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        let store = DataFusionEventStore::open(DataFusionStoreConfig::new(&dir)).await?;
+        let started = Instant::now();
+        let mut written = 0;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let generator = Generator::new(Profile::sized(events), Utc::now());
+        let producer = std::thread::spawn(move || generator.run(200_000, |chunk, _| { let _ = tx.blocking_send(chunk); }));
+        while let Some(chunk) = rx.recv().await {
+            written += store.insert(&chunk).await?;
+            store.flush().await?;
+            eprint!("\rgenerated and stored {written} events");
+        }
+        producer.join().map_err(|_| anyhow::anyhow!("generator panicked"))?;
+        eprintln!("\rgenerated and stored {written} events in {:.1} s", started.elapsed().as_secs_f64());
+        std::fs::write(&marker, written.to_string())?;
+    }
+    let opened = Instant::now();
+    let store = Arc::new(DataFusionEventStore::open(DataFusionStoreConfig::new(&dir)).await?);
+    let stored = store.event_count();
+    println!("store: {stored} events in {} files, opened (rollup rebuilt) in {:.1} s", store.file_count().await, opened.elapsed().as_secs_f64());
+
+    let registry = Arc::new(mailpipe_tenants::Registry::open(dir.join("registry.json"))?);
+    if registry.tenants().is_empty() {
+        for t in crate::demo::DEMO_TENANTS {
+            registry.create_tenant(t)?;
+        }
+    }
+    let key = registry.create_api_key("acme", mailpipe_tenants::Scope::Read)?;
+    let router = mailpipe_query::router(Arc::new(mailpipe_query::QueryState { store: store.clone(), registry }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let campaigns = match store.query("acme", mailpipe_store::Query::Campaigns).await? {
+        mailpipe_store::Answer::Campaigns(c) => c.into_iter().map(|c| c.campaign).collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let today = Utc::now().date_naive();
+    let zones = ["UTC", "America/New_York", "Europe/Paris", "Asia/Kolkata"];
+    let plan: Vec<(i64, Option<String>, &str)> = (0..queries)
+        .map(|_| {
+            let days = [7, 30, 90][rng.random_range(0..3)];
+            let campaign = (rng.random_bool(0.3) && !campaigns.is_empty()).then(|| campaigns[rng.random_range(0..campaigns.len())].clone());
+            (days, campaign, zones[rng.random_range(0..zones.len())])
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    let mut sent_total = 0u64;
+    for (days, campaign, tz) in &plan {
+        let mut url = format!("http://{addr}/v1/stats/overview?from={}&to={today}&tz={tz}", today - Days::days(days - 1));
+        if let Some(c) = campaign {
+            url.push_str(&format!("&campaign={c}"));
+        }
+        let t = Instant::now();
+        let body: serde_json::Value = client.get(&url).bearer_auth(&key).send().await?.error_for_status()?.json().await?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        sent_total += body["totals"]["sent"].as_u64().unwrap_or(0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "overview over HTTP from the rollup ({} queries, 7/30/90 days, all or one campaign, 4 time zones): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms (sent counted: {sent_total})",
+        latencies.len(), percentile(&latencies, 0.5), percentile(&latencies, 0.95), percentile(&latencies, 0.99), latencies.last().copied().unwrap_or(f64::NAN)
+    );
+
+    let mut scan_ms = Vec::new();
+    for (days, campaign, tz) in plan.iter().take(scans) {
+        let q = OverviewQuery { from: today - Days::days(days - 1), to: today, campaign: campaign.clone(), tz: tz.parse().unwrap_or(chrono_tz::UTC) };
+        let t = Instant::now();
+        let scanned = store.scan_totals("acme", &q).await?;
+        scan_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let rolled = match store.query("acme", mailpipe_store::Query::Overview(q)).await? {
+            mailpipe_store::Answer::Overview(o) => o.totals,
+            _ => unreachable!("overview answers an overview"),
+        };
+        anyhow::ensure!(scanned == rolled, "rollup and raw scan disagree: {rolled:?} vs {scanned:?}");
+    }
+    scan_ms.sort_by(f64::total_cmp);
+    println!(
+        "reference: the same totals by a DataFusion scan of raw Parquet rows ({} queries, answers identical): p50 {:.0} ms, p95 {:.0} ms",
+        scan_ms.len(), percentile(&scan_ms, 0.5), percentile(&scan_ms, 0.95)
+    );
+    Ok(())
+}
+
+async fn freshness(rate: u64, seconds: u64) -> anyhow::Result<()> {
+    telemetry::metrics();
+    let dir = tempfile_dir()?;
+    let mut config = Config::default();
+    config.data_dir = dir.clone();
+    let app = App::open(config).await?;
+    app.registry.create_tenant("bench")?;
+    let tokens: Vec<String> = (0..1000)
+        .map(|i| {
+            app.registry.mint(Claims {
+                kind: Kind::Open,
+                key_id: String::new(),
+                tenant: "bench".into(),
+                campaign: "fresh".into(),
+                variant: String::new(),
+                message_id: format!("<{i}@bench>"),
+                recipient: format!("r{i}@gmail.com"),
+                link: String::new(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let running = app.start(listener).await?;
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let total = rate * seconds;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for i in 0..total {
+        tick.tick().await;
+        let url = format!("{base}/o/{}", tokens[i as usize % tokens.len()]);
+        let client = client.clone();
+        inflight.push(async move { client.get(url).send().await.map(|r| r.status().is_success()) });
+        while inflight.len() > 256 {
+            inflight.next().await;
+        }
+    }
+    while inflight.next().await.is_some() {}
+    let sent_in = started.elapsed().as_secs_f64();
+    running.wait_for_events(total as usize, Duration::from_secs(30)).await;
+    let (p50, p99, count) = lag_quantiles(&telemetry::render_metrics());
+    println!(
+        "freshness: {total} open hits at {:.0}/s; hit to queryable (from the lag histogram, {count} samples): p50 {:.0} ms, p99 {:.0} ms",
+        total as f64 / sent_in, p50 * 1000.0, p99 * 1000.0
+    );
+    running.shutdown().await?;
+    std::fs::remove_dir_all(dir).ok();
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("mailpipe-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// p50 and p99 of the end-to-end lag histogram, interpolated within buckets.
+fn lag_quantiles(text: &str) -> (f64, f64, f64) {
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with("mailpipe_store_end_to_end_lag_seconds_bucket"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last().map_or(0.0, |b| b.1);
+    let q = |p: f64| {
+        let target = p * count;
+        let mut prev = (0.0, 0.0);
+        for &(le, c) in &buckets {
+            if c >= target {
+                if !le.is_finite() {
+                    return prev.0;
+                }
+                let frac = if c > prev.1 { (target - prev.1) / (c - prev.1) } else { 0.0 };
+                return prev.0 + frac * (le - prev.0);
+            }
+            prev = (le, c);
+        }
+        f64::NAN
+    };
+    (q(0.5), q(0.99), count)
+}

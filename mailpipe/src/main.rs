@@ -1,0 +1,227 @@
+//! The `mailpipe` command: every role and tool of mailpipe in one binary.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use mailpipe::demo::{Generator, Profile, DEMO_TENANTS};
+use mailpipe::{telemetry, App};
+use mailpipe_config::Config;
+use mailpipe_store::EventStore;
+use mailpipe_tenants::{Registry, Scope};
+use mailpipe_tokens::{Claims, Kind};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "mailpipe", version, about = "Analytics and deliverability pipeline for email senders")]
+struct Cli {
+    /// TOML configuration file (see deploy/mailpipe.example.toml); MAILPIPE__* variables override it.
+    #[arg(long, global = true, env = "MAILPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process on the embedded backends.
+    Serve {
+        /// Fill the store with generated traffic first (skipped if the demo tenants exist).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Print a tracking URL.
+    Url {
+        kind: UrlKind,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        campaign: String,
+        #[arg(long)]
+        message_id: String,
+        #[arg(long)]
+        recipient: String,
+        #[arg(long, default_value = "")]
+        variant: String,
+        /// Destination of a click URL (http or https).
+        #[arg(long)]
+        link: Option<String>,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage tenants.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+    /// Benchmarks that print figures (see the README's figures section).
+    Bench {
+        #[command(subcommand)]
+        command: mailpipe::bench::BenchCommand,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UrlKind {
+    Open,
+    Click,
+    Unsubscribe,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key; it is printed once and stored hashed.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        scope: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// Create a tenant with a fresh signing key.
+    Create { id: String },
+    /// List tenants.
+    List,
+    /// Add a signing key; links signed with older keys keep working.
+    RotateKey { id: String },
+    /// Print the tenant's active signing key (key id and base64url secret), for sending
+    /// nodes that mint tracking URLs themselves.
+    ShowKey { id: String },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { demo } => {
+            telemetry::init_logs();
+            telemetry::metrics();
+            tokio::runtime::Runtime::new()?.block_on(serve(config, demo))
+        }
+        Command::Url { kind, tenant, campaign, message_id, recipient, variant, link } => {
+            let registry = Registry::open(config.registry_path())?;
+            let kind = match kind {
+                UrlKind::Open => Kind::Open,
+                UrlKind::Click => Kind::Click,
+                UrlKind::Unsubscribe => Kind::Unsubscribe,
+            };
+            let link = match (kind, link) {
+                (Kind::Click, None) => bail!("a click URL needs --link"),
+                (Kind::Click, Some(l)) if !(l.starts_with("https://") || l.starts_with("http://")) => {
+                    bail!("--link must be an http or https URL")
+                }
+                (Kind::Click, Some(l)) => l,
+                (_, Some(_)) => bail!("--link is only for click URLs"),
+                (_, None) => String::new(),
+            };
+            let claims = Claims { kind, key_id: String::new(), tenant, campaign, variant, message_id, recipient, link };
+            let token = registry.mint(claims)?;
+            println!("{}{}{token}", config.http.public_url.trim_end_matches('/'), kind.path_prefix());
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Create { tenant, scope } } => {
+            let registry = Registry::open(config.registry_path())?;
+            println!("{}", registry.create_api_key(&tenant, Scope::parse(&scope)?)?);
+            Ok(())
+        }
+        Command::Tenants { command } => {
+            let registry = Registry::open(config.registry_path())?;
+            match command {
+                TenantsCommand::Create { id } => registry.create_tenant(&id)?,
+                TenantsCommand::List => registry.tenants().iter().for_each(|t| println!("{t}")),
+                TenantsCommand::RotateKey { id } => println!("{}", registry.rotate_signing_key(&id)?),
+                TenantsCommand::ShowKey { id } => {
+                    let (kid, key) = registry.active_signing_key(&id)?;
+                    use base64::Engine;
+                    println!("{kid} {}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key));
+                }
+            }
+            Ok(())
+        }
+        Command::Bench { command } => {
+            tokio::runtime::Runtime::new()?.block_on(mailpipe::bench::run(command, config))
+        }
+    }
+}
+
+async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    let listen = config.http.listen;
+    let public_url = config.http.public_url.clone();
+    let app = App::open(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let running = app.start(listener).await?;
+    if demo {
+        load_demo(&running).await?;
+    }
+    eprintln!("\nmailpipe is running at http://{}", running.addr);
+    for tenant in running.app.registry.tenants() {
+        let key = running.app.registry.create_api_key(&tenant, Scope::Read)?;
+        println!("dashboard for {tenant}: {}/#key={key}", public_url.trim_end_matches('/'));
+        println!("  api key (read): {key}");
+    }
+    if running.app.registry.tenants().is_empty() {
+        eprintln!("no tenants yet: `mailpipe tenants create ID`, then `mailpipe keys create --tenant ID --scope admin`");
+    }
+    eprintln!("press Ctrl-C to stop");
+    shutdown_signal().await;
+    eprintln!("stopping: draining the bus into the store…");
+    running.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+async fn load_demo(running: &mailpipe::Running) -> anyhow::Result<()> {
+    let registry = &running.app.registry;
+    let existing = registry.tenants();
+    if DEMO_TENANTS.iter().all(|t| existing.iter().any(|e| e == t)) {
+        eprintln!("demo data is already loaded in {} (delete the directory to start over)", running.app.config.data_dir.display());
+        return Ok(());
+    }
+    for t in DEMO_TENANTS {
+        if !existing.iter().any(|e| e == t) {
+            registry.create_tenant(t)?;
+        }
+    }
+    let started = Instant::now();
+    let before = running.app.store.event_count();
+    let generator = Generator::new(Profile::demo(), chrono::Utc::now());
+    let bar = ProgressBar::new(generator.planned_messages() as u64).with_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} messages ({per_sec})").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("generating");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<mailpipe_schemas::Event>, usize)>(4);
+    let producer = std::thread::spawn(move || generator.run(5000, |chunk, done| { let _ = tx.blocking_send((chunk, done)); }));
+    let mut published = 0;
+    while let Some((chunk, done)) = rx.recv().await {
+        mailpipe_ingest::publish(running.app.bus.as_ref(), &chunk).await?;
+        published += chunk.len();
+        bar.set_position(done as u64);
+    }
+    producer.join().map_err(|_| anyhow::anyhow!("demo generator panicked"))?;
+    bar.finish_with_message("published");
+    let bar = ProgressBar::new(published as u64).with_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} events").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("storing");
+    let target = before + published;
+    while running.app.store.event_count() < target {
+        bar.set_position((running.app.store.event_count() - before) as u64);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.app.store.flush().await?;
+    bar.finish_with_message("stored");
+    eprintln!("demo: {published} events for {} tenants in {:.1} s", DEMO_TENANTS.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}

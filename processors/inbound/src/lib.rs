@@ -1,0 +1,372 @@
+// Inbound-mail intelligence: reads a raw message and says whether it is a bounce (with reasons per
+// recipient), a complaint, an auto-reply or a human reply, with the keys to join it to the send.
+#![forbid(unsafe_code)]
+
+pub mod arf;
+pub mod dsn;
+#[doc(hidden)]
+pub mod eval;
+mod inspect;
+mod keywords;
+pub mod mime;
+pub mod reasons;
+pub mod reply;
+mod ses;
+
+use serde::Serialize;
+
+pub use arf::Feedback;
+pub use inspect::inspect_json;
+pub use reasons::Reason;
+pub use reply::Thread;
+
+/// Messages larger than this are refused by [`classify`]; bounces quoting huge attachments
+/// carry nothing useful past the first megabytes.
+pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InboundError {
+    #[error("message is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("message is empty")]
+    Empty,
+}
+
+impl InboundError {
+    /// Neither error goes away by trying the same bytes again.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Bounce,
+    Complaint,
+    AutoReply,
+    Reply,
+    Unknown,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Bounce => "bounce",
+            Kind::Complaint => "complaint",
+            Kind::AutoReply => "auto_reply",
+            Kind::Reply => "reply",
+            Kind::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Recipient {
+    pub address: String,
+    /// Enhanced status code (RFC 3463); an x.0.9xx code when the report gives none.
+    pub status: String,
+    /// SMTP reply code, empty when the report does not say.
+    pub reply_code: String,
+    pub reason: Reason,
+    pub hard_bounce: bool,
+    pub action: Option<String>,
+    pub remote_mta: Option<String>,
+    pub diagnostic: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Classification {
+    pub kind: Kind,
+    /// Failed (or reported) recipients in message order; empty for replies and unknown mail.
+    pub recipients: Vec<Recipient>,
+    pub feedback: Option<Feedback>,
+    /// Message-ID of the original message the report or reply refers to.
+    pub original_message_id: Option<String>,
+    pub reporting_mta: Option<String>,
+    pub thread: Thread,
+    /// For auto-replies: the header or wording that marked it automatic.
+    pub auto_reply_signal: Option<String>,
+}
+
+pub fn classify(raw: &[u8]) -> Result<Classification, InboundError> {
+    classify_with_limit(raw, DEFAULT_MAX_BYTES)
+}
+
+pub fn classify_with_limit(raw: &[u8], limit: usize) -> Result<Classification, InboundError> {
+    if raw.len() > limit {
+        return Err(InboundError::TooLarge { size: raw.len(), limit });
+    }
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(InboundError::Empty);
+    }
+    let data = mime::normalize_newlines(raw);
+    let msg = mime::parse(&data);
+    Ok(classify_message(&msg))
+}
+
+fn classify_message(msg: &mime::Message) -> Classification {
+    let thread = reply::thread(msg);
+    let original_message_id = original_message_id(msg);
+    let mut c = Classification {
+        kind: Kind::Unknown,
+        recipients: Vec::new(),
+        feedback: None,
+        original_message_id,
+        reporting_mta: None,
+        thread,
+        auto_reply_signal: None,
+    };
+    if let Some(fb) = arf::parse(msg) {
+        c.kind = Kind::Complaint;
+        c.recipients = complaint_recipients(msg, &fb);
+        c.feedback = Some(fb);
+        return c;
+    }
+    if let Some((failures, reporting_mta)) = ses::failures(msg) {
+        if !failures.is_empty() {
+            let single = failures.len() == 1;
+            c.kind = Kind::Bounce;
+            c.recipients = failures.into_iter().map(|f| to_recipient(f, single.then_some(""))).collect();
+            c.reporting_mta = reporting_mta;
+            return c;
+        }
+    }
+    if dsn::looks_like_bounce(msg) {
+        let (recipients, reporting_mta) = bounce_recipients(msg);
+        if !recipients.is_empty() {
+            c.kind = Kind::Bounce;
+            c.recipients = recipients;
+            c.reporting_mta = reporting_mta;
+            return c;
+        }
+    }
+    if let Some(signal) = reply::auto_reply_signal(msg) {
+        c.kind = Kind::AutoReply;
+        c.auto_reply_signal = Some(signal);
+        c.recipients = c
+            .thread
+            .from_address
+            .iter()
+            .map(|a| Recipient {
+                address: a.clone(),
+                status: String::new(),
+                reply_code: String::new(),
+                reason: Reason::Vacation,
+                hard_bounce: false,
+                action: None,
+                remote_mta: None,
+                diagnostic: msg.headers.get("subject").unwrap_or("").to_string(),
+            })
+            .collect();
+        return c;
+    }
+    if reply::is_reply(msg, &c.thread) {
+        c.kind = Kind::Reply;
+    }
+    c
+}
+
+fn complaint_recipients(msg: &mime::Message, fb: &Feedback) -> Vec<Recipient> {
+    let mut addrs = fb.original_rcpt_to.clone();
+    if addrs.is_empty() {
+        if let Some(h) = original_headers(msg) {
+            addrs = h.get("to").map(dsn::header_addresses).unwrap_or_default();
+            addrs.truncate(1);
+        }
+    }
+    if addrs.is_empty() {
+        addrs.push(String::new());
+    }
+    addrs
+        .into_iter()
+        .map(|address| Recipient {
+            address,
+            status: String::new(),
+            reply_code: String::new(),
+            reason: Reason::Feedback,
+            hard_bounce: false,
+            action: None,
+            remote_mta: None,
+            diagnostic: fb.feedback_type.clone(),
+        })
+        .collect()
+}
+
+fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
+    let notification = dsn::notification_text(msg);
+    let mut exclude: Vec<String> = Vec::new();
+    for name in ["to", "from"] {
+        exclude.extend(msg.headers.get(name).map(dsn::header_addresses).unwrap_or_default());
+    }
+    // The envelope sender of the returned original is no failed recipient either.
+    for part in &msg.parts {
+        for line in part.text.lines() {
+            // Cheap first-byte test: this runs over every line of the returned message.
+            if !matches!(line.as_bytes().first(), Some(b'r' | b'R' | b'f' | b'F')) {
+                continue;
+            }
+            let Some((name, value)) = line.split_once(':') else { continue };
+            if name.eq_ignore_ascii_case("return-path") || name.eq_ignore_ascii_case("from") {
+                exclude.extend(dsn::header_addresses(value));
+            }
+        }
+    }
+    let from_text = dsn::from_text(&notification, &exclude);
+    let (mut failures, info) = dsn::from_delivery_status(msg);
+    if failures.is_empty() {
+        failures = from_text.clone();
+    } else {
+        // The DSN fields are authoritative; the free text fills in what they leave out.
+        for f in &mut failures {
+            let words = from_text.iter().find(|t| t.address.eq_ignore_ascii_case(&f.address));
+            if f.diagnostic.is_empty() {
+                if let Some(t) = words {
+                    f.diagnostic = t.diagnostic.clone();
+                } else if from_text.len() <= 1 {
+                    f.diagnostic = dsn::collapse(&notification);
+                }
+            }
+            f.command = dsn::find_command(&f.diagnostic.to_ascii_lowercase()).or(words.and_then(|t| t.command));
+        }
+    }
+    if failures.is_empty() {
+        let failed = msg.headers.get("x-failed-recipients").map(dsn::header_addresses).unwrap_or_default();
+        failures = failed
+            .into_iter()
+            .map(|address| dsn::Failure { address, diagnostic: dsn::collapse(&notification), ..Default::default() })
+            .collect();
+    }
+    if failures.is_empty() {
+        if let Some(address) = dsn::original_recipient(msg) {
+            let diagnostic = dsn::collapse(&notification);
+            let f = dsn::Failure { address, command: dsn::find_command(&diagnostic.to_ascii_lowercase()), diagnostic, ..Default::default() };
+            let mut r = to_recipient(f, Some(&notification));
+            // Named only by the returned copy: the report says nothing that holds for it.
+            if r.reason == Reason::OnHold {
+                r.reason = Reason::Undefined;
+                r.status = reasons::pseudo_status(Reason::Undefined, r.status.starts_with('4'));
+            }
+            return (vec![r], info.reporting_mta);
+        }
+    }
+    let single = failures.len() == 1;
+    let recipients = failures
+        .into_iter()
+        .map(|f| to_recipient(f, single.then_some(notification.as_str())))
+        .collect();
+    (recipients, info.reporting_mta)
+}
+
+fn to_recipient(f: dsn::Failure, notification: Option<&str>) -> Recipient {
+    let reply_code = f.reply_code.clone().or_else(|| dsn::find_reply_code(&f.diagnostic));
+    // A generic x.0.0 or x.1.0 in the DSN field loses to the specific code quoted from the remote
+    // server; the words from that code on are the remote server's, the ones before it a summary.
+    let (status, words_from) = match &f.status {
+        Some(s) if s.ends_with(".0.0") || s.ends_with(".1.0") => {
+            match dsn::find_specific_status(&f.diagnostic, s) {
+                Some((t, at)) if t.starts_with(&s[..1]) => (Some(t), at),
+                _ => (Some(s.clone()), 0),
+            }
+        }
+        Some(s) => (Some(s.clone()), 0),
+        None => (dsn::find_failure_status(&f.diagnostic).or_else(|| dsn::find_status(&f.diagnostic)), 0),
+    };
+    let mut lower = f.diagnostic[words_from..].to_lowercase();
+    let mut reason = reasons::decide(&reasons::Evidence {
+        text: &lower,
+        status: status.as_deref(),
+        reply_code: reply_code.as_deref(),
+        action: f.action.as_deref(),
+        command: f.command,
+        diagnostic_type: f.diagnostic_type.as_deref(),
+    });
+    // Nothing specific in the recipient's own lines: the report's preface may say more.
+    if matches!(reason, Reason::OnHold | Reason::Undefined) {
+        if let Some(n) = notification {
+            lower = n.to_lowercase();
+            reason = reasons::decide(&reasons::Evidence {
+                text: &lower,
+                status: status.as_deref(),
+                reply_code: reply_code.as_deref(),
+                action: f.action.as_deref(),
+                command: f.command,
+                diagnostic_type: f.diagnostic_type.as_deref(),
+            });
+        }
+    }
+    let temporary = status.as_deref().map_or_else(
+        || {
+            reply_code.as_deref().is_some_and(|c| c.starts_with('4'))
+                || matches!(f.action.as_deref(), Some("delayed"))
+                || ["temporary failure", "will be retried", "temporary error", "temporarily"].iter().any(|w| lower.contains(w))
+        },
+        |s| s.starts_with('4'),
+    );
+    let status = status.unwrap_or_else(|| reasons::pseudo_status(reason, temporary));
+    // A reply code of the other class (554 quoted in a 4.x.x report) belongs to another attempt.
+    let reply_code = reply_code.filter(|c| !matches!((c.as_bytes().first(), status.as_bytes().first()), (Some(b'4'), Some(b'5')) | (Some(b'5'), Some(b'4'))));
+    Recipient {
+        hard_bounce: reason.is_hard(&status),
+        address: f.address,
+        status,
+        reply_code: reply_code.unwrap_or_default(),
+        reason,
+        action: f.action,
+        remote_mta: f.remote_mta,
+        diagnostic: f.diagnostic,
+    }
+}
+
+fn original_part(msg: &mime::Message) -> Option<&mime::Part> {
+    msg.parts.iter().find(|p| {
+        matches!(p.content_type.as_str(), "message/rfc822" | "text/rfc822-headers" | "message/rfc822-headers")
+    })
+}
+
+fn original_headers(msg: &mime::Message) -> Option<mime::Headers> {
+    Some(mime::split_headers(original_part(msg)?.text.trim_start().as_bytes()).0)
+}
+
+/// One field of a header block, read without parsing the others (unfolded, not decoded).
+fn header_field(block: &str, name: &str) -> Option<String> {
+    let mut lines = block.lines();
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            return None;
+        }
+        // A line that is no field ends a broken header block, as in mime::split_headers.
+        let Some((n, v)) = line.split_once(':') else { return None };
+        if n.eq_ignore_ascii_case(name) {
+            let mut value = v.trim().to_string();
+            for more in lines.by_ref().take_while(|l| l.starts_with([' ', '\t'])) {
+                value.push(' ');
+                value.push_str(more.trim());
+            }
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn original_message_id(msg: &mime::Message) -> Option<String> {
+    let from_part = original_part(msg).and_then(|p| header_field(p.text.trim_start(), "message-id"));
+    let id = from_part.or_else(|| {
+        // Reports without MIME structure paste the original below the notification.
+        msg.parts.iter().filter(|p| p.content_type.starts_with("text/")).find_map(|p| {
+            p.text.lines().find_map(|l| {
+                if !matches!(l.as_bytes().first(), Some(b'm' | b'M')) {
+                    return None;
+                }
+                let (name, value) = l.split_once(':')?;
+                name.trim().eq_ignore_ascii_case("message-id").then(|| value.to_string())
+            })
+        })
+    })?;
+    let id = id.trim();
+    let id = match (id.find('<'), id.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &id[a + 1..b],
+        _ => id,
+    };
+    (!id.is_empty()).then(|| id.to_string())
+}

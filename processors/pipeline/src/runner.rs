@@ -1,0 +1,155 @@
+//! The processor runner: the only place that talks to the bus and the store.
+
+use crate::steps::{decode, Outcome, Processor};
+use mailpipe_bus::{BusError, EventBus, Message, Position, Record, Subscription, DEAD_LETTER_TOPIC, EVENTS_TOPIC};
+use mailpipe_store::{EventStore, StoreError};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    pub group: String,
+    pub batch_max: usize,
+    pub flush_interval: Duration,
+}
+
+pub struct Runner {
+    pub bus: Arc<dyn EventBus>,
+    pub store: Arc<dyn EventStore>,
+    pub steps: Vec<Box<dyn Processor>>,
+    pub config: RunnerConfig,
+}
+
+impl Runner {
+    /// Consumes until `shutdown` turns true, then drains what is already on the bus, flushes
+    /// the store and commits, so a graceful stop leaves nothing to redo.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+        let mut sub = self.bus.subscribe(EVENTS_TOPIC, &self.config.group).await?;
+        let mut unflushed: Option<Position> = None;
+        let mut last_flush = Instant::now();
+        loop {
+            let stopping = *shutdown.borrow();
+            let wait = if stopping { Duration::ZERO } else { self.config.flush_interval.min(Duration::from_millis(100)) };
+            let records = tokio::select! {
+                r = sub.poll(self.config.batch_max, wait) => r?,
+                _ = shutdown.changed(), if !stopping => continue,
+            };
+            if let Some(last) = records.last() {
+                let next = last.next;
+                self.handle(records).await?;
+                unflushed = Some(next);
+            }
+            let drained = stopping && sub.lag() == 0;
+            if unflushed.is_some() && (drained || last_flush.elapsed() >= self.config.flush_interval) {
+                self.flush_and_commit(sub.as_mut(), &mut unflushed).await?;
+                last_flush = Instant::now();
+            }
+            if drained {
+                tracing::info!(group = %self.config.group, "processor drained and stopped");
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(&self, records: Vec<Record>) -> Result<(), RunnerError> {
+        let mut events = Vec::with_capacity(records.len());
+        let mut dead = Vec::new();
+        'records: for record in &records {
+            let mut event = match decode(&record.payload) {
+                Ok(e) => e,
+                Err(reason) => {
+                    dead.push(dead_letter(record, &reason));
+                    continue;
+                }
+            };
+            for step in &self.steps {
+                match step.process(event) {
+                    Outcome::Next(e) => event = e,
+                    Outcome::Drop(_) => continue 'records,
+                    Outcome::DeadLetter(reason) => {
+                        dead.push(dead_letter(record, &format!("{}: {reason}", step.name())));
+                        continue 'records;
+                    }
+                }
+            }
+            events.push(event);
+        }
+        if !dead.is_empty() {
+            let n = dead.len() as u64;
+            retry("publishing dead letters", || self.bus.publish(DEAD_LETTER_TOPIC, dead.clone())).await?;
+            metrics::counter!("mailpipe_processor_events_dead_lettered_total").increment(n);
+            tracing::warn!(count = n, "events sent to the dead-letter lane");
+        }
+        let n = events.len() as u64;
+        let stored = retry("inserting into the store", || self.store.insert(&events)).await?;
+        metrics::counter!("mailpipe_processor_events_processed_total").increment(n);
+        metrics::counter!("mailpipe_processor_duplicates_skipped_total").increment(n - stored as u64);
+        Ok(())
+    }
+
+    async fn flush_and_commit(&self, sub: &mut dyn Subscription, unflushed: &mut Option<Position>) -> Result<(), RunnerError> {
+        retry("flushing the store", || self.store.flush()).await?;
+        if let Some(upto) = unflushed.take() {
+            sub.commit(&[upto]).await?;
+        }
+        Ok(())
+    }
+}
+
+fn dead_letter(record: &Record, reason: &str) -> Message {
+    let body = serde_json::json!({
+        "reason": reason,
+        "topic": EVENTS_TOPIC,
+        "partition": record.position.partition,
+        "offset": record.position.offset,
+        "payload": String::from_utf8_lossy(&record.payload),
+        "at": chrono::Utc::now().to_rfc3339(),
+    });
+    Message { key: record.key.clone(), payload: body.to_string().into_bytes() }
+}
+
+/// Retries an operation whose failure a retry can cure (a full disk, a restarting server),
+/// with backoff; nothing is acknowledged meanwhile, so nothing is lost.
+async fn retry<T, E, F, Fut>(what: &'static str, mut op: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display + Retryable,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retryable() => {
+                tracing::warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub trait Retryable {
+    fn retryable(&self) -> bool;
+}
+impl Retryable for BusError {
+    fn retryable(&self) -> bool {
+        BusError::retryable(self)
+    }
+}
+impl Retryable for StoreError {
+    fn retryable(&self) -> bool {
+        StoreError::retryable(self)
+    }
+}

@@ -1,0 +1,215 @@
+//! Rust types of an event and its bus envelope.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Version of the event envelope on the bus. A consumer rejects (dead-letters) versions it
+/// does not know instead of guessing.
+pub const SCHEMA_VERSION: u16 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Sent,
+    Delivered,
+    Deferred,
+    Bounced,
+    Open,
+    Click,
+    Unsubscribe,
+    Complaint,
+    Reply,
+    AutoReply,
+    Conversion,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 11] = [
+        EventType::Sent,
+        EventType::Delivered,
+        EventType::Deferred,
+        EventType::Bounced,
+        EventType::Open,
+        EventType::Click,
+        EventType::Unsubscribe,
+        EventType::Complaint,
+        EventType::Reply,
+        EventType::AutoReply,
+        EventType::Conversion,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Sent => "sent",
+            EventType::Delivered => "delivered",
+            EventType::Deferred => "deferred",
+            EventType::Bounced => "bounced",
+            EventType::Open => "open",
+            EventType::Click => "click",
+            EventType::Unsubscribe => "unsubscribe",
+            EventType::Complaint => "complaint",
+            EventType::Reply => "reply",
+            EventType::AutoReply => "auto_reply",
+            EventType::Conversion => "conversion",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The types a sending node may report over `POST /v1/events`; the others come from
+    /// tracking hits and inbound mail.
+    pub fn reported_by_senders(self) -> bool {
+        matches!(
+            self,
+            EventType::Sent
+                | EventType::Delivered
+                | EventType::Deferred
+                | EventType::Bounced
+                | EventType::Conversion
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BounceClass {
+    /// The address itself is bad: suppress it for good.
+    Hard,
+    /// Anything else: mailbox full, throttling, policy, a transient failure.
+    Soft,
+}
+
+impl BounceClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BounceClass::Hard => "hard",
+            BounceClass::Soft => "soft",
+        }
+    }
+}
+
+/// Mailbox provider of a recipient, from the domain of the address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Gmail,
+    Yahoo,
+    Outlook,
+    Apple,
+    Other,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Gmail => "gmail",
+            Provider::Yahoo => "yahoo",
+            Provider::Outlook => "outlook",
+            Provider::Apple => "apple",
+            Provider::Other => "other",
+        }
+    }
+
+    /// Provider by the recipient's domain. Corporate domains hosted by Google or Microsoft
+    /// need an MX lookup to tell, which is enrichment's job, not this table's.
+    pub fn from_recipient(recipient: &str) -> Provider {
+        let domain = recipient.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
+        match domain.as_str() {
+            "gmail.com" | "googlemail.com" => Provider::Gmail,
+            "yahoo.com" | "yahoo.co.uk" | "yahoo.fr" | "yahoo.de" | "ymail.com" | "aol.com"
+            | "rocketmail.com" => Provider::Yahoo,
+            "outlook.com" | "hotmail.com" | "hotmail.co.uk" | "live.com" | "msn.com"
+            | "outlook.fr" | "hotmail.fr" => Provider::Outlook,
+            "icloud.com" | "me.com" | "mac.com" => Provider::Apple,
+            _ => Provider::Other,
+        }
+    }
+}
+
+/// One event, as it travels on the bus and is stored. Optional fields are set only by the
+/// event types they belong to (`link` by clicks, `bounce_class` by bounces, `revenue_micros`
+/// by conversions, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Stable identity: a redelivered or resubmitted event keeps its id and is stored once.
+    pub event_id: Uuid,
+    pub tenant: String,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When it happened: stated by the sending node, or the time of the tracking hit.
+    pub occurred_at: DateTime<Utc>,
+    /// When the edge accepted it; the base of end-to-end lag.
+    pub received_at: DateTime<Utc>,
+    pub campaign: String,
+    #[serde(default)]
+    pub variant: String,
+    pub message_id: String,
+    pub recipient: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce_class: Option<BounceClass>,
+    /// Enhanced status code (RFC 3463) of a bounce or deferral, e.g. `5.1.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Diagnostic text or classified reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Conversion revenue in millionths of the currency unit, so sums stay exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revenue_micros: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+impl Event {
+    pub fn provider(&self) -> Provider {
+        Provider::from_recipient(&self.recipient)
+    }
+}
+
+/// What is written on the bus: the schema version and the event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub v: u16,
+    pub event: Event,
+}
+
+impl Envelope {
+    pub fn new(event: Event) -> Self {
+        Envelope { v: SCHEMA_VERSION, event }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_round_trip_through_their_names() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+        }
+        assert_eq!(EventType::parse("opened"), None);
+    }
+
+    #[test]
+    fn providers_come_from_the_recipient_domain() {
+        assert_eq!(Provider::from_recipient("a@GMail.com"), Provider::Gmail);
+        assert_eq!(Provider::from_recipient("a@hotmail.com"), Provider::Outlook);
+        assert_eq!(Provider::from_recipient("a@icloud.com"), Provider::Apple);
+        assert_eq!(Provider::from_recipient("a@acme.io"), Provider::Other);
+        assert_eq!(Provider::from_recipient("no-at-sign"), Provider::Other);
+    }
+}

@@ -1,0 +1,8 @@
+//! The event model of mailpipe: the one definition of an event that every stage shares,
+//! versioned on the bus (`Envelope::v`) and mirrored as an Arrow schema for the stores.
+
+mod arrow;
+mod event;
+
+pub use arrow::{arrow_schema, COLUMNS};
+pub use event::{BounceClass, Envelope, Event, EventType, Provider, SCHEMA_VERSION};

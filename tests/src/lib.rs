@@ -1,0 +1,125 @@
+//! Helpers for the end-to-end tests: a whole mailpipe in-process on a temporary directory,
+//! or the real binary as a child process (for kill -9).
+
+use chrono::Utc;
+use mailpipe::{App, Running};
+use mailpipe_config::Config;
+use mailpipe_tenants::Scope;
+use mailpipe_tokens::{Claims, Kind};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    pub running: Option<Running>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts every role in-process with tenants `a` and `b`.
+    pub async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.data_dir = dir.path().to_path_buf();
+        config.processor.flush_interval_ms = 100;
+        let app = App::open(config).await.unwrap();
+        for t in ["a", "b"] {
+            app.registry.create_tenant(t).unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = app.start(listener).await.unwrap();
+        let base = format!("http://{}", running.addr);
+        Server { running: Some(running), base, dir }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn key(&self, tenant: &str, scope: Scope) -> String {
+        self.running().app.registry.create_api_key(tenant, scope).unwrap()
+    }
+
+    pub fn token(&self, kind: Kind, tenant: &str, message_id: &str, link: &str) -> String {
+        self.running()
+            .app
+            .registry
+            .mint(Claims {
+                kind,
+                key_id: String::new(),
+                tenant: tenant.into(),
+                campaign: "c1".into(),
+                variant: "A".into(),
+                message_id: message_id.into(),
+                recipient: format!("{message_id}@gmail.com"),
+                link: link.into(),
+            })
+            .unwrap()
+    }
+
+    pub async fn settle(&self) {
+        // Everything published is in the store once the bus has nothing more for the writer.
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let before = self.running().app.store.event_count();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if self.running().app.store.event_count() == before {
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /v1/stats/overview` totals for the last two days, with `key`.
+pub async fn totals(base: &str, key: &str) -> serde_json::Value {
+    let today = Utc::now().date_naive();
+    let url = format!("{base}/v1/stats/overview?from={}&to={}", today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let res = reqwest::Client::new().get(url).bearer_auth(key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.json::<serde_json::Value>().await.unwrap()["totals"].clone()
+}
+
+/// The `mailpipe` binary next to the test executable (built by the same cargo run).
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("MAILPIPE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("mailpipe");
+    assert!(bin.exists(), "{} not built; run the tests with `cargo nextest run --workspace`", bin.display());
+    bin
+}
+
+/// Runs a `mailpipe` tool command on `data_dir` and returns its standard output.
+pub fn tool(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary()).args(args).env("MAILPIPE__DATA_DIR", data_dir).output().unwrap();
+    assert!(out.status.success(), "mailpipe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Starts `mailpipe serve` on `data_dir` and a free port; returns the child and base URL
+/// once it answers `/healthz`.
+pub async fn spawn_serve(data_dir: &Path, flush_interval_ms: u64) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(binary())
+        .arg("serve")
+        .env("MAILPIPE__DATA_DIR", data_dir)
+        .env("MAILPIPE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MAILPIPE__PROCESSOR__FLUSH_INTERVAL_MS", flush_interval_ms.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..300 {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
+            if r.status() == 200 {
+                return (child, base);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mailpipe serve did not come up on {base}");
+}
