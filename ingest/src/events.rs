@@ -277,4 +277,19 @@ mod tests {
         // Another tenant reporting the same message gets another id.
         assert_ne!(parse_events(body.as_bytes(), "u", now(), 100).unwrap()[0].event_id, first[0].event_id);
     }
+
+    #[test]
+    fn the_published_json_schema_matches_what_is_accepted() {
+        let text = include_str!("../../schemas/http/events.v1.schema.json");
+        let schema: Value = serde_json::from_str(text).unwrap();
+        let event = &schema["$defs"]["event"];
+        let mut fields: Vec<&str> = event["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        let mut known = FIELDS.to_vec();
+        fields.sort();
+        known.sort();
+        assert_eq!(fields, known);
+        let types: Vec<&str> = event["properties"]["type"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let reported: Vec<&str> = EventType::ALL.iter().filter(|t| t.reported_by_senders()).map(|t| t.as_str()).collect();
+        assert_eq!(types, reported);
+    }
 }

@@ -57,6 +57,12 @@ enum Command {
         #[command(subcommand)]
         command: TenantsCommand,
     },
+    /// Classify raw messages (bounce, complaint, auto-reply, reply): one JSON object per file,
+    /// one per line.
+    Inspect {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Benchmarks that print figures (see the README's figures section).
     Bench {
         #[command(subcommand)]
@@ -144,6 +150,19 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Inspect { files } => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for file in files {
+                let shown = file.display().to_string();
+                let line = match std::fs::read(&file) {
+                    Ok(raw) => mailpipe_inbound::inspect_json(&shown, &raw),
+                    Err(e) => serde_json::json!({ "file": shown, "kind": "error", "error": e.to_string() }),
+                };
+                writeln!(out, "{line}")?;
+            }
+            Ok(())
+        }
         Command::Bench { command } => {
             tokio::runtime::Runtime::new()?.block_on(mailpipe::bench::run(command, config))
         }
@@ -160,12 +179,14 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         load_demo(&running).await?;
     }
     eprintln!("\nmailpipe is running at http://{}", running.addr);
-    for tenant in running.app.registry.tenants() {
-        let key = running.app.registry.create_api_key(&tenant, Scope::Read)?;
-        println!("dashboard for {tenant}: {}/#key={key}", public_url.trim_end_matches('/'));
-        println!("  api key (read): {key}");
-    }
-    if running.app.registry.tenants().is_empty() {
+    if demo {
+        // A fresh read key per start: keys are stored hashed, so old ones cannot be shown again.
+        for tenant in DEMO_TENANTS {
+            let key = running.app.registry.create_api_key(tenant, Scope::Read)?;
+            println!("dashboard for {tenant}: {}/#key={key}", public_url.trim_end_matches('/'));
+            println!("  api key (read): {key}");
+        }
+    } else if running.app.registry.tenants().is_empty() {
         eprintln!("no tenants yet: `mailpipe tenants create ID`, then `mailpipe keys create --tenant ID --scope admin`");
     }
     eprintln!("press Ctrl-C to stop");

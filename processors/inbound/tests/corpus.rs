@@ -1,12 +1,12 @@
 // Scores the classifier on the labelled corpus in ../shared/corpus/bounces and holds the floor.
-// Target (issue 3): reason >= 99%, hard_bounce 100%. The floors below are what the classifier
+// Target (issue 3): reason >= 99%, hard_bounce 100%. The floors below sit just under what the classifier
 // reaches today, so a regression fails; raise them as accuracy improves.
 
 use mailpipe_inbound::eval::{evaluate, load_labels, Report};
 use std::path::PathBuf;
 
-const REASON_FLOOR: f64 = 90.5;
-const HARD_BOUNCE_FLOOR: f64 = 96.0;
+const REASON_FLOOR: f64 = 90.9;
+const HARD_BOUNCE_FLOOR: f64 = 96.3;
 
 fn corpus() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/bounces");

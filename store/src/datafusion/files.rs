@@ -78,7 +78,7 @@ pub fn write(root: &Path, day: &str, first: u64, last: u64, batches: &[RecordBat
     let file = File::create(&tmp).map_err(io(&tmp))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(engine)?))
-        .set_max_row_group_size(256 * 1024)
+        .set_max_row_group_row_count(Some(256 * 1024))
         .build();
     let mut writer = ArrowWriter::try_new(file, arrow_schema(), Some(props)).map_err(engine)?;
     for b in batches {

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Durable pixel hits per second: mailpipe (every hit fsynced on the bus before the GIF is sent)
+# next to nginx serving empty_gif with an access log, both loaded by wrk on this machine in the
+# same run (wrk -t1 -c64; nginx with worker_processes 1). Prints requests/s for each.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mailpipe-target}"
+DURATION="${DURATION:-15s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release -q -p mailpipe
+BIN="$CARGO_TARGET_DIR/release/mailpipe"
+WORK=$(mktemp -d)
+cleanup() { kill "${MP_PID:-}" "${NG_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+export MAILPIPE__DATA_DIR="$WORK/data" MAILPIPE__HTTP__LISTEN=127.0.0.1:18080 MAILPIPE__HTTP__PUBLIC_URL=http://127.0.0.1:18080
+"$BIN" tenants create bench
+URL=$("$BIN" url open --tenant bench --campaign bench --message-id '<1@bench>' --recipient r@gmail.com)
+RUST_LOG=warn "$BIN" serve & MP_PID=$!
+for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log $WORK/nginx/access.log;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  server { listen 127.0.0.1:18081; location /o/ { empty_gif; } }
+}
+CONF
+"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & NG_PID=$!
+sleep 0.5
+
+rate() { wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'; }
+wrk -t1 -c"$CONNECTIONS" -d3s "$URL" >/dev/null   # warm-up
+MP=$(rate "$URL")
+NG=$(rate "http://127.0.0.1:18081/o/${URL##*/o/}")
+STORED=$(curl -s http://127.0.0.1:18080/metrics | awk '/^mailpipe_ingest_events_received_total\{source="open"\}/ {print $2}')
+echo "pixel hits/s, wrk -t1 -c$CONNECTIONS -d$DURATION:"
+echo "  mailpipe (durable: fdatasync before each answer): $MP"
+echo "  nginx empty_gif + access log (worker_processes 1): $NG"
+awk -v a="$MP" -v b="$NG" 'BEGIN { printf "  ratio mailpipe / nginx: %.2f\n", a / b }'
+echo "  open events published durably by mailpipe: ${STORED:-?}"
