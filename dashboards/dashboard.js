@@ -9,9 +9,10 @@ const state = { days: 30, from: null, to: null, campaign: "", data: null };
 const KPIS = [
   ["sent", "Sent"], ["delivered", "Delivered", "delivery_rate"], ["unique_opens", "Unique opens", "open_rate"],
   ["opens", "Total opens"], ["unique_clicks", "Unique clicks", "click_rate"], ["clicks", "Total clicks"],
-  ["hard_bounces", "Hard bounces"], ["soft_bounces", "Soft bounces", "bounce_rate"],
+  ["deferred", "Deferred"], ["hard_bounces", "Hard bounces"], ["soft_bounces", "Soft bounces", "bounce_rate"],
   ["complaints", "Complaints", "complaint_rate"], ["unsubscribes", "Unsubscribes", "unsubscribe_rate"],
-  ["replies", "Replies", "reply_rate"], ["conversions", "Conversions", "conversion_rate"], ["revenue_micros", "Revenue"],
+  ["replies", "Replies", "reply_rate"], ["auto_replies", "Auto-replies"], ["conversions", "Conversions", "conversion_rate"],
+  ["revenue_micros", "Revenue"],
 ];
 
 function apiKey() {

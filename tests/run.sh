@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mailpipe-target}"
-export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
+export RUST_BACKTRACE=0
 
 need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)

@@ -186,12 +186,14 @@ impl Generator {
             user_agent: None,
             ip: None,
         };
-        self.push(ev(self, EventType::Sent, sent_at));
+        let e = ev(self, EventType::Sent, sent_at);
+        self.push(e);
         let roll: f64 = self.rng.random();
         let corporate = provider == Provider::Other;
         let hard = if corporate { 0.02 } else { 0.008 };
         if roll < hard || roll < hard + 0.008 {
-            let mut e = ev(self, EventType::Bounced, sent_at + Duration::seconds(self.rng.random_range(1..20)));
+            let at = sent_at + Duration::seconds(self.rng.random_range(1..20));
+            let mut e = ev(self, EventType::Bounced, at);
             let is_hard = roll < hard;
             e.bounce_class = Some(if is_hard { BounceClass::Hard } else { BounceClass::Soft });
             e.status = Some(if is_hard { "5.1.1" } else { "4.2.2" }.into());
@@ -207,7 +209,8 @@ impl Generator {
             self.push(e);
             delivered_at = sent_at + Duration::minutes(self.rng.random_range(10..180));
         }
-        self.push(ev(self, EventType::Delivered, delivered_at));
+        let e = ev(self, EventType::Delivered, delivered_at);
+        self.push(e);
 
         let provider_factor = match provider {
             Provider::Apple => 1.6,
@@ -234,7 +237,8 @@ impl Generator {
                     self.push(e);
                 }
                 if self.rng.random_bool(0.1) {
-                    let mut e = ev(self, EventType::Conversion, clicked_at + Duration::minutes(self.rng.random_range(2..240)));
+                    let at = clicked_at + Duration::minutes(self.rng.random_range(2..240));
+                    let mut e = ev(self, EventType::Conversion, at);
                     e.revenue_micros = Some(self.rng.random_range(15_000_000..250_000_000) / 10_000 * 10_000);
                     e.currency = Some("USD".into());
                     self.push(e);
@@ -252,7 +256,8 @@ impl Generator {
         ] {
             if self.rng.random_bool(p) {
                 let at = if t == EventType::AutoReply { delivered_at + Duration::seconds(self.rng.random_range(2..60)) } else { after };
-                self.push(ev(self, t, at));
+                let e = ev(self, t, at);
+                self.push(e);
             }
         }
     }

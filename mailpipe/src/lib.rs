@@ -35,6 +35,7 @@ pub struct App {
 
 impl App {
     pub async fn open(config: Config) -> anyhow::Result<App> {
+        telemetry::metrics();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let bus: Arc<dyn EventBus> = match &config.bus {
