@@ -15,6 +15,7 @@ const HEADER: usize = 8;
 /// Bytes one group commit writes at most, so a burst does not delay every caller behind it.
 const MAX_COMMIT_BYTES: usize = 8 << 20;
 const READ_CHUNK: usize = 1 << 20;
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(200);
 /// Body of the record that closes each group commit: a key length no real key can have.
 const COMMIT_MARK: [u8; 2] = [0xff, 0xff];
 
@@ -113,7 +114,13 @@ impl TopicLog {
 fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx: watch::Sender<u64>) {
     let mut buf = Vec::with_capacity(MAX_COMMIT_BYTES);
     let mut waiting = Vec::new();
+    let mut busy = false;
     while let Some(first) = rx.blocking_recv() {
+        if busy {
+            // Under concurrent load, wait a moment for more publishers to join this commit:
+            // fewer fdatasyncs (the costliest part of an acknowledgement) for 0.2 ms.
+            std::thread::sleep(COMMIT_DELAY);
+        }
         buf.clear();
         buf.extend_from_slice(&first.frames);
         waiting.push(first.done);
@@ -126,6 +133,7 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
                 Err(_) => break,
             }
         }
+        busy = waiting.len() > 1;
         // A kill can leave part of a write behind; the mark lets recovery keep whole commits only.
         frame_body(&mut buf, &COMMIT_MARK);
         let result = file.write_all(&buf).and_then(|_| file.sync_data());
