@@ -21,7 +21,7 @@ static TABLE: &[(Reason, &[&str])] = &[
         "message size exceeds", "message exceeds the maximum size", "size limit", "exceeds size limit",
         "message length exceeds", "mail size limit", "message file too big", "message size too large",
         "message larger than", "size of message exceeds", "is larger than the maximum",
-        "maximum message size", "exceeds the maximum message size", "email is too large",
+        "maximum message size", "exceeds the maximum message size", "email is too large", "line limit exceeded",
     ]),
     (Reason::ExceedLimit, &[
         "message length exceeds administrative limit", "exceeds the recipient's limit",
@@ -267,6 +267,14 @@ static FIRST: &[(&str, Reason)] = &[
     ("fails to pass authentication", Reason::AuthFailure),
     ("could not deliver for the last", Reason::Expired),
     ("sent to too many recipients", Reason::Speeding),
+    // Cox's documented AUP codes (cox.com email error codes): blocklists and account holds.
+    ("aup#cxbl", Reason::Blocked),
+    ("aup#cdrbl", Reason::Blocked),
+    ("aup#ipbl", Reason::Blocked),
+    ("aup#rbl", Reason::Blocked),
+    ("aup#dnsbl", Reason::Blocked),
+    ("aup#cxthrt", Reason::SecurityError),
+    ("aup#cxmj", Reason::SecurityError),
 ];
 
 /// Verdicts of a directory lookup by the reporting system itself: the recipient does not exist,
@@ -275,6 +283,14 @@ static DIRECTORY_VERDICTS: &[&str] = &[
     "not listed in domino directory", "not listed in public name & address book",
     "recipient name is not recognized", "address couldn't be found", "resolver.adr.recipnotfound",
     "resolver.adr.recipientnotfound", "mail.local: unknown user", "no valid recipients for this", "the email account that you tried to reach does not exist",
+    // The address itself named before the verdict ("<a@b>: User unknown"), unlike the bare
+    // "550 : User unknown" some carriers (KDDI au) answer when the recipient's filter refused.
+    ">: user unknown",
+    // IMail and similar systems reporting their own directory lookup.
+    "unknown user: ",
+    // Yahoo's documented answer for an address it has no account for.
+    "this user doesn't have a yahoo.com account", "this user doesn't have a ymail.com account",
+    "this user doesn't have a rocketmail.com account",
 ];
 
 pub fn is_directory_verdict(text: &str) -> bool {

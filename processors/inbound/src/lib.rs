@@ -9,6 +9,7 @@ pub mod eval;
 mod inspect;
 mod keywords;
 pub mod mime;
+mod providers;
 pub mod reasons;
 pub mod reply;
 mod ses;
@@ -101,8 +102,51 @@ pub fn classify_with_limit(raw: &[u8], limit: usize) -> Result<Classification, I
         return Err(InboundError::Empty);
     }
     let data = mime::normalize_newlines(raw);
-    let msg = mime::parse(&data);
-    Ok(classify_message(&msg))
+    let mut messages = mbox_messages(&data).into_iter();
+    let mut c = classify_message(&mime::parse(messages.next().unwrap_or_default()));
+    for more in messages {
+        let next = classify_message(&mime::parse(more));
+        if c.kind == Kind::Bounce && next.kind == Kind::Bounce {
+            c.recipients.extend(next.recipients);
+        }
+    }
+    Ok(c)
+}
+
+/// An mbox file (it starts with a `From ` envelope line) may hold several reports one after the
+/// other; each starts at a blank line, a `From ` line and a header field.
+fn mbox_messages(data: &[u8]) -> Vec<&[u8]> {
+    if !data.starts_with(b"From ") {
+        return vec![data];
+    }
+    let mut out = Vec::new();
+    let (mut start, mut from) = (0, 0);
+    while let Some(i) = memchr::memmem::find(&data[from..], b"\nFrom ") {
+        let at = from + i + 1;
+        // A body line starting with "From " (unescaped by careless writers) is no envelope line:
+        // that one carries a time of day and is followed by a header field.
+        let mut lines = data[at..].split(|&b| b == b'\n');
+        let envelope = lines.next().unwrap_or_default();
+        if has_time_of_day(envelope) && is_header_field(lines.next().unwrap_or_default()) {
+            out.push(&data[start..at]);
+            start = at;
+        }
+        from = at;
+    }
+    out.push(&data[start..]);
+    out
+}
+
+fn has_time_of_day(line: &[u8]) -> bool {
+    line.windows(8).any(|w| {
+        let d = |i: usize| w[i].is_ascii_digit();
+        d(0) && d(1) && w[2] == b':' && d(3) && d(4) && w[5] == b':' && d(6) && d(7)
+    })
+}
+
+fn is_header_field(line: &[u8]) -> bool {
+    let name_len = line.iter().take_while(|&&b| b.is_ascii_graphic() && b != b':').count();
+    name_len > 0 && line.get(name_len) == Some(&b':')
 }
 
 fn classify_message(msg: &mime::Message) -> Classification {
@@ -127,7 +171,7 @@ fn classify_message(msg: &mime::Message) -> Classification {
         if !failures.is_empty() {
             let single = failures.len() == 1;
             c.kind = Kind::Bounce;
-            c.recipients = failures.into_iter().map(|f| to_recipient(f, single.then_some(""))).collect();
+            c.recipients = failures.into_iter().map(|f| to_recipient(f, single.then_some(""), reporting_mta.as_deref())).collect();
             c.reporting_mta = reporting_mta;
             return c;
         }
@@ -214,6 +258,11 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
     }
     let from_text = dsn::from_text(&notification, &exclude);
     let (mut failures, info) = dsn::from_delivery_status(msg);
+    // Without a Reporting-MTA field, the report's sender names the system that wrote it.
+    let reporter = info.reporting_mta.clone().or_else(|| {
+        let from = msg.headers.get("from").map(dsn::header_addresses).unwrap_or_default();
+        from.first().and_then(|a| a.rsplit_once('@')).map(|(_, d)| d.to_string())
+    });
     if failures.is_empty() {
         failures = from_text.clone();
     } else {
@@ -241,7 +290,7 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
         if let Some(address) = dsn::original_recipient(msg) {
             let diagnostic = dsn::collapse(&notification);
             let f = dsn::Failure { address, command: dsn::find_command(&diagnostic.to_ascii_lowercase()), diagnostic, ..Default::default() };
-            let mut r = to_recipient(f, Some(&notification));
+            let mut r = to_recipient(f, Some(&notification), reporter.as_deref());
             // Named only by the returned copy: the report says nothing that holds for it.
             if r.reason == Reason::OnHold {
                 r.reason = Reason::Undefined;
@@ -253,12 +302,12 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
     let single = failures.len() == 1;
     let recipients = failures
         .into_iter()
-        .map(|f| to_recipient(f, single.then_some(notification.as_str())))
+        .map(|f| to_recipient(f, single.then_some(notification.as_str()), reporter.as_deref()))
         .collect();
     (recipients, info.reporting_mta)
 }
 
-fn to_recipient(f: dsn::Failure, notification: Option<&str>) -> Recipient {
+fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&str>) -> Recipient {
     let reply_code = f.reply_code.clone().or_else(|| dsn::find_reply_code(&f.diagnostic));
     // A generic x.0.0 or x.1.0 in the DSN field loses to the specific code quoted from the remote
     // server; the words from that code on are the remote server's, the ones before it a summary.
@@ -280,6 +329,8 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>) -> Recipient {
         action: f.action.as_deref(),
         command: f.command,
         diagnostic_type: f.diagnostic_type.as_deref(),
+        reporter,
+        remote: f.remote_mta.as_deref(),
     });
     // Nothing specific in the recipient's own lines: the report's preface may say more.
     if matches!(reason, Reason::OnHold | Reason::Undefined) {
@@ -292,6 +343,8 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>) -> Recipient {
                 action: f.action.as_deref(),
                 command: f.command,
                 diagnostic_type: f.diagnostic_type.as_deref(),
+                reporter,
+                remote: f.remote_mta.as_deref(),
             });
         }
     }

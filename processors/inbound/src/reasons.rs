@@ -272,6 +272,10 @@ pub struct Evidence<'a> {
     pub command: Option<&'a str>,
     /// Diagnostic-Code type; `x-unix` means a local delivery program failed.
     pub diagnostic_type: Option<&'a str>,
+    /// Host that wrote the report (Reporting-MTA, else the sender's domain).
+    pub reporter: Option<&'a str>,
+    /// Host that answered the delivery attempt (Remote-MTA).
+    pub remote: Option<&'a str>,
 }
 
 pub fn decide(ev: &Evidence<'_>) -> Reason {
@@ -284,6 +288,10 @@ pub fn decide(ev: &Evidence<'_>) -> Reason {
             return Reason::MailboxFull;
         }
         return Reason::MailerError;
+    }
+    // A provider's own wording is its verdict, whatever the dialogue stage.
+    if let Some(r) = crate::providers::reason([ev.reporter, ev.remote], ev.text) {
+        return r;
     }
     let r = decide_raw(ev);
     adjust(r, ev)

@@ -67,3 +67,19 @@ The following addresses had permanent fatal errors\n<a@example.org>\n\
     assert_eq!((r.status.as_str(), r.reply_code.as_str()), ("4.3.0", "451"));
     assert_ne!(r.reason, Reason::Delivered);
 }
+
+#[test]
+fn an_mbox_file_with_two_reports_yields_both_recipients() {
+    let one = |rcpt: &str| {
+        let body = String::from_utf8(dsn(&format!("Final-Recipient: rfc822; {rcpt}\nAction: failed\nStatus: 5.1.1\n"))).unwrap();
+        format!("From MAILER-DAEMON  Thu Apr 29 23:34:45 2015\n{body}")
+    };
+    let raw = format!("{}\n{}", one("a@example.org"), one("b@example.org"));
+    let c = classify(raw.as_bytes()).unwrap();
+    let got: Vec<&str> = c.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(got, ["a@example.org", "b@example.org"]);
+
+    // A body line that merely starts with "From " splits nothing.
+    let quoted = one("a@example.org").replace("Your message could not be delivered.", "Your message could not be delivered.\nFrom here on: nothing");
+    assert_eq!(classify(quoted.as_bytes()).unwrap().recipients.len(), 1);
+}
