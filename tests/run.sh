@@ -23,4 +23,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# The end-to-end tests run the real binary (kill -9, `mailpipe inbound`): build it first.
+cargo build --release -p mailpipe
 cargo nextest run --workspace --release --no-fail-fast "$@"

@@ -11,6 +11,8 @@ pub use embedded::{EmbeddedBusConfig, EmbeddedEventBus};
 
 /// Topic of raw events, from the edge to the processors.
 pub const EVENTS_TOPIC: &str = "events";
+/// Topic of raw inbound mail (bounces, complaints, replies), from the edge to the classifier.
+pub const INBOUND_TOPIC: &str = "inbound";
 /// Topic of events a processor could not accept, with the reason.
 pub const DEAD_LETTER_TOPIC: &str = "dead-letter";
 

@@ -3,6 +3,7 @@
 //! published to the bus; a 2xx is answered only once the bus says it is durable.
 
 mod events;
+mod inbound;
 mod tracking;
 
 use axum::routing::{get, post};
@@ -25,6 +26,7 @@ pub fn router(state: Arc<IngestState>) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.max_body_bytes);
     Router::new()
         .route("/v1/events", post(events::post_events))
+        .route("/v1/inbound", post(inbound::post_inbound))
         .route("/o/{token}", get(tracking::open))
         .route("/c/{token}", get(tracking::click))
         .route("/u/{token}", get(tracking::unsubscribe_page).post(tracking::unsubscribe))

@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus, EventBus};
 use mailpipe_config::{BusConfig, Config, StoreConfig};
-use mailpipe_processors::{Runner, RunnerConfig, Validate};
+use mailpipe_processors::{InboundRunner, Runner, RunnerConfig, Validate};
 use mailpipe_store::datafusion::{DataFusionEventStore, DataFusionStoreConfig};
 use mailpipe_store::EventStore;
 use mailpipe_tenants::Registry;
@@ -74,7 +74,11 @@ impl App {
     /// Serves on `listener` and runs the store writer until `Running::shutdown`.
     pub async fn start(self, listener: TcpListener) -> anyhow::Result<Running> {
         let addr = listener.local_addr()?;
+        // The edge and the classifier stop first; the store writer then drains what they left.
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_store_tx, stop_store_rx) = watch::channel(false);
+        let inbound = InboundRunner { bus: self.bus.clone(), store: self.store.clone(), group: "inbound-classifier".into() };
+        let inbound = tokio::spawn(inbound.run(stop_rx.clone()));
         let runner = Runner {
             bus: self.bus.clone(),
             store: self.store.clone(),
@@ -85,7 +89,7 @@ impl App {
                 flush_interval: Duration::from_millis(self.config.processor.flush_interval_ms),
             },
         };
-        let runner = tokio::spawn(runner.run(stop_rx.clone()));
+        let runner = tokio::spawn(runner.run(stop_store_rx));
         let mut http_stop = stop_rx;
         let app = self.router();
         let server = tokio::spawn(async move {
@@ -96,7 +100,7 @@ impl App {
                 .await
         });
         tracing::info!(%addr, "mailpipe serving");
-        Ok(Running { addr, stop: stop_tx, server, runner, app: self })
+        Ok(Running { addr, stop: stop_tx, stop_store: stop_store_tx, server, inbound, runner, app: self })
     }
 }
 
@@ -114,7 +118,9 @@ pub struct Running {
     pub addr: SocketAddr,
     pub app: App,
     stop: watch::Sender<bool>,
+    stop_store: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    inbound: JoinHandle<Result<(), mailpipe_processors::RunnerError>>,
     runner: JoinHandle<Result<(), mailpipe_processors::RunnerError>>,
 }
 
@@ -124,6 +130,8 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.send_replace(true);
         self.server.await.context("http server task")?.context("http server")?;
+        self.inbound.await.context("classifier task")?.context("classifier")?;
+        self.stop_store.send_replace(true);
         self.runner.await.context("processor task")?.context("processor")?;
         tracing::info!("mailpipe stopped cleanly");
         Ok(())

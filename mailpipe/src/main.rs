@@ -61,6 +61,17 @@ enum Command {
         #[command(subcommand)]
         command: TenantsCommand,
     },
+    /// Hand one raw message from standard input to a running mailpipe (`POST /v1/inbound`),
+    /// for an MTA's pipe transport. Exits 0 once it is durable, 75 (EX_TEMPFAIL) when the
+    /// server cannot take it now, 77 for a bad key, 65 for a message it refuses.
+    Inbound {
+        /// Base URL of the mailpipe edge (default: http.public_url).
+        #[arg(long)]
+        url: Option<String>,
+        /// A write key of the tenant the mail belongs to.
+        #[arg(long, env = "MAILPIPE_API_KEY", hide_env_values = true)]
+        key: String,
+    },
     /// Classify raw messages (bounce, complaint, auto-reply, reply): one JSON object per file,
     /// one per line.
     Inspect {
@@ -153,6 +164,31 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Inbound { url, key } => {
+            use std::io::Read;
+            let mut raw = Vec::new();
+            std::io::stdin().read_to_end(&mut raw)?;
+            let url = format!("{}/v1/inbound", url.unwrap_or(config.http.public_url).trim_end_matches('/'));
+            let code = tokio::runtime::Runtime::new()?.block_on(async {
+                match reqwest::Client::new().post(&url).bearer_auth(key).body(raw).send().await {
+                    Ok(r) if r.status().as_u16() == 202 => 0,
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        eprintln!("mailpipe inbound: {url} answered {status}: {}", r.text().await.unwrap_or_default());
+                        match status {
+                            401 | 403 => 77,
+                            400 | 413 => 65,
+                            _ => 75,
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("mailpipe inbound: {url}: {e}");
+                        75
+                    }
+                }
+            });
+            std::process::exit(code);
         }
         Command::Inspect { files } => {
             use std::io::Write;

@@ -3,6 +3,8 @@
 
 mod arrow;
 mod event;
+mod inbound;
 
 pub use arrow::{arrow_schema, COLUMNS};
 pub use event::{BounceClass, Envelope, Event, EventType, Provider, SCHEMA_VERSION};
+pub use inbound::InboundEnvelope;

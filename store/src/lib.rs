@@ -10,7 +10,9 @@ mod rollup;
 use async_trait::async_trait;
 use mailpipe_schemas::Event;
 
-pub use query::{Answer, CampaignSummary, DayTotals, Overview, OverviewQuery, Query, QueryError, Rates, Totals};
+pub use query::{
+    Answer, CampaignSummary, DayTotals, Overview, OverviewQuery, Query, QueryError, Rates, SentMessage, Totals,
+};
 pub use rollup::Rollup;
 
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,8 @@ pub const MAX_RANGE_DAYS: i64 = 731;
 pub enum Query {
     Overview(OverviewQuery),
     Campaigns,
+    /// The send a message id belongs to (to join bounces, complaints and replies to it).
+    Message { message_id: String },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -178,6 +180,14 @@ pub struct CampaignSummary {
 pub enum Answer {
     Overview(Overview),
     Campaigns(Vec<CampaignSummary>),
+    Message(Option<SentMessage>),
+}
+
+/// Where a sent message was counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SentMessage {
+    pub campaign: String,
+    pub variant: String,
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! open / click / unsubscribe / complaint of each message (for exact unique counts), and the
 //! ids of stored events (for idempotent inserts). It is rebuilt from the stored rows at start.
 
-use crate::query::{CampaignSummary, DayTotals, Overview, OverviewQuery, Totals};
+use crate::query::{CampaignSummary, DayTotals, Overview, OverviewQuery, SentMessage, Totals};
 use mailpipe_schemas::{BounceClass, Event, EventType};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -53,6 +53,8 @@ struct TenantRollup {
     campaigns: Vec<CampaignCells>,
     /// First event of a kind per message: (message hash, kind) -> where it was counted.
     firsts: HashMap<(u64, EventType), First>,
+    /// Sent messages: message hash -> (campaign, variant), to join inbound mail to its send.
+    sends: HashMap<u64, (u32, u32)>,
 }
 
 struct CampaignCells {
@@ -71,9 +73,10 @@ struct First {
     variant: u32,
 }
 
+/// Hash of a Message-ID without its angle brackets: reports quote it either way.
 fn message_hash(message_id: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    message_id.hash(&mut h);
+    message_id.trim().trim_start_matches('<').trim_end_matches('>').hash(&mut h);
     h.finish()
 }
 
@@ -114,7 +117,10 @@ impl Rollup {
         let bucket = row.occurred_ms.div_euclid(BUCKET_MS);
         let cell = cc.cells.entry((bucket, variant)).or_default();
         match row.event_type {
-            EventType::Sent => cell.sent += 1,
+            EventType::Sent => {
+                cell.sent += 1;
+                tenant.sends.insert(message_hash(row.message_id), (campaign, variant));
+            }
             EventType::Delivered => cell.delivered += 1,
             EventType::Deferred => cell.deferred += 1,
             EventType::Bounced if row.bounce_class == Some(BounceClass::Hard) => cell.hard_bounces += 1,
@@ -166,6 +172,13 @@ impl Rollup {
             rates: totals.rates(),
             daily,
         }
+    }
+
+    pub fn sent_message(&self, tenant: &str, message_id: &str) -> Option<SentMessage> {
+        let t = self.tenants.get(tenant)?;
+        let &(campaign, variant) = t.sends.get(&message_hash(message_id))?;
+        let c = &t.campaigns[campaign as usize];
+        Some(SentMessage { campaign: c.name.clone(), variant: c.variants[variant as usize].clone() })
     }
 
     pub fn campaigns(&self, tenant: &str) -> Vec<CampaignSummary> {
@@ -332,6 +345,10 @@ mod tests {
         assert_eq!(r.overview("b", &range(None)).totals.hard_bounces, 1);
         assert_eq!(r.overview("nobody", &range(None)).totals, Totals::default());
         assert_eq!(r.campaigns("a").len(), 2);
+        assert_eq!(r.sent_message("a", "m1").map(|m| m.campaign), Some("c1".to_string()));
+        assert_eq!(r.sent_message("a", "<m1>").map(|m| m.campaign), Some("c1".to_string()));
+        assert_eq!(r.sent_message("a", "m2"), None, "only sends are joined");
+        assert_eq!(r.sent_message("nobody", "m1"), None);
         assert!(r.campaigns("nobody").is_empty());
     }
 }

@@ -260,6 +260,7 @@ impl EventStore for DataFusionEventStore {
                 Ok(Answer::Overview(self.rollup.read().overview(tenant, &q)))
             }
             Query::Campaigns => Ok(Answer::Campaigns(self.rollup.read().campaigns(tenant))),
+            Query::Message { message_id } => Ok(Answer::Message(self.rollup.read().sent_message(tenant, &message_id))),
         }
     }
 

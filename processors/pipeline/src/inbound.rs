@@ -1,0 +1,161 @@
+//! The inbound classifier: raw mail from the `inbound` topic -> bounce, complaint, reply and
+//! auto-reply events joined to the send they answer, published to the events topic (and from
+//! there stored like any event). Offsets are committed only after the events are durable.
+
+use crate::runner::RunnerError;
+use chrono::Utc;
+use mailpipe_bus::{EventBus, Message, Record, DEAD_LETTER_TOPIC, EVENTS_TOPIC, INBOUND_TOPIC};
+use mailpipe_inbound::{classify, Classification, Kind, Reason};
+use mailpipe_schemas::{BounceClass, Event, EventType, InboundEnvelope};
+use mailpipe_store::{Answer, EventStore, Query, SentMessage};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Campaign of inbound mail whose send is not known (sent before mailpipe, or not reported).
+pub const UNMATCHED_CAMPAIGN: &str = "(unmatched)";
+
+/// The events a classified message stands for. `join` finds the send of a message id.
+pub fn inbound_events(
+    envelope: &InboundEnvelope,
+    c: &Classification,
+    join: &dyn Fn(&str) -> Option<SentMessage>,
+) -> Vec<Event> {
+    let candidates: Vec<&str> = c.original_message_id.iter().map(String::as_str).chain(c.thread.candidate_message_ids.iter().map(String::as_str)).collect();
+    let joined = candidates.iter().find_map(|id| join(id).map(|send| (id.to_string(), send)));
+    let (message_id, send) = match joined {
+        Some((id, send)) => (id, send),
+        None => (
+            candidates.first().map_or_else(|| format!("<{}@inbound>", envelope.inbound_id), |id| id.to_string()),
+            SentMessage { campaign: UNMATCHED_CAMPAIGN.into(), variant: String::new() },
+        ),
+    };
+    let event = |index: usize, event_type: EventType, recipient: &str| Event {
+        event_id: derived_id(envelope, index),
+        tenant: envelope.tenant.clone(),
+        event_type,
+        occurred_at: envelope.received_at,
+        received_at: envelope.received_at,
+        campaign: send.campaign.clone(),
+        variant: send.variant.clone(),
+        message_id: message_id.clone(),
+        recipient: recipient.to_string(),
+        link: None,
+        bounce_class: None,
+        status: None,
+        reason: None,
+        revenue_micros: None,
+        currency: None,
+        user_agent: None,
+        ip: None,
+    };
+    let sender = c.thread.from_address.as_deref().unwrap_or("");
+    match c.kind {
+        Kind::Bounce => c
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.reason != Reason::Delivered && !r.address.is_empty())
+            .map(|(i, r)| Event {
+                bounce_class: Some(if r.hard_bounce { BounceClass::Hard } else { BounceClass::Soft }),
+                status: (!r.status.is_empty()).then(|| r.status.clone()),
+                reason: Some(r.reason.as_str().to_string()),
+                ..event(i, EventType::Bounced, &r.address)
+            })
+            .collect(),
+        Kind::Complaint => {
+            let feedback_type = c.feedback.as_ref().map_or("abuse", |f| f.feedback_type.as_str());
+            let mut recipients: Vec<&str> = c.recipients.iter().map(|r| r.address.as_str()).collect();
+            if let Some(f) = &c.feedback {
+                recipients.extend(f.original_rcpt_to.iter().map(String::as_str));
+            }
+            recipients.dedup();
+            recipients
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .enumerate()
+                .map(|(i, r)| Event { reason: Some(format!("feedback:{feedback_type}")), ..event(i, EventType::Complaint, r) })
+                .collect()
+        }
+        Kind::AutoReply if !sender.is_empty() => {
+            vec![Event { reason: Some("vacation".into()), ..event(0, EventType::AutoReply, sender) }]
+        }
+        Kind::Reply if !sender.is_empty() => vec![event(0, EventType::Reply, sender)],
+        _ => Vec::new(),
+    }
+}
+
+/// Ids derived from the inbound message, so a redelivered message yields the same events.
+fn derived_id(envelope: &InboundEnvelope, index: usize) -> uuid::Uuid {
+    let digest = Sha256::new().chain_update(envelope.inbound_id.as_bytes()).chain_update(index.to_le_bytes()).finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+pub struct InboundRunner {
+    pub bus: Arc<dyn EventBus>,
+    pub store: Arc<dyn EventStore>,
+    pub group: String,
+}
+
+impl InboundRunner {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+        let mut sub = self.bus.subscribe(INBOUND_TOPIC, &self.group).await?;
+        loop {
+            let stopping = *shutdown.borrow();
+            let wait = if stopping { Duration::ZERO } else { Duration::from_millis(100) };
+            let records = tokio::select! {
+                r = sub.poll(256, wait) => r?,
+                _ = shutdown.changed(), if !stopping => continue,
+            };
+            if let Some(last) = records.last() {
+                let next = last.next;
+                let (events, dead) = self.handle(&records).await;
+                if !dead.is_empty() {
+                    self.bus.publish(DEAD_LETTER_TOPIC, dead).await?;
+                }
+                self.bus.publish(EVENTS_TOPIC, events.iter().map(event_message).collect()).await?;
+                sub.commit(&[next]).await?;
+                metrics::counter!("mailpipe_processor_inbound_classified_total").increment(records.len() as u64);
+            } else if stopping {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(&self, records: &[Record]) -> (Vec<Event>, Vec<Message>) {
+        let mut events = Vec::new();
+        let mut dead = Vec::new();
+        for record in records {
+            let parsed = InboundEnvelope::decode(&record.payload)
+                .and_then(|(env, raw)| classify(raw).map(|c| (env, c)).map_err(|e| e.to_string()));
+            let (envelope, classification) = match parsed {
+                Ok(ok) => ok,
+                Err(reason) => {
+                    let body = serde_json::json!({ "reason": format!("inbound: {reason}"), "topic": INBOUND_TOPIC, "offset": record.position.offset, "at": Utc::now().to_rfc3339() });
+                    dead.push(Message { key: record.key.clone(), payload: body.to_string().into_bytes() });
+                    continue;
+                }
+            };
+            let mut sends = Vec::new();
+            let ids = classification.original_message_id.iter().chain(classification.thread.candidate_message_ids.iter());
+            for id in ids {
+                if let Ok(Answer::Message(Some(send))) = self.store.query(&envelope.tenant, Query::Message { message_id: id.clone() }).await {
+                    sends.push((id.clone(), send));
+                }
+            }
+            let join = |id: &str| sends.iter().find(|(known, _)| known == id).map(|(_, s)| s.clone());
+            events.extend(inbound_events(&envelope, &classification, &join));
+        }
+        (events, dead)
+    }
+}
+
+fn event_message(e: &Event) -> Message {
+    Message {
+        key: format!("{}\u{0}{}", e.tenant, e.recipient).into_bytes(),
+        payload: serde_json::to_vec(&mailpipe_schemas::Envelope::new(e.clone())).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,50 @@
+//! A raw inbound message (bounce, complaint, reply) on the bus: one JSON line saying whose it
+//! is and when it came, then the message bytes exactly as received.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundEnvelope {
+    pub v: u16,
+    pub inbound_id: Uuid,
+    pub tenant: String,
+    pub received_at: DateTime<Utc>,
+}
+
+impl InboundEnvelope {
+    pub fn encode(&self, raw: &[u8]) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        out.push(b'\n');
+        out.extend_from_slice(raw);
+        out
+    }
+
+    /// The envelope and the raw message, or why the payload is not one.
+    pub fn decode(payload: &[u8]) -> Result<(InboundEnvelope, &[u8]), String> {
+        let newline = payload.iter().position(|&b| b == b'\n').ok_or("no envelope line")?;
+        let envelope: InboundEnvelope =
+            serde_json::from_slice(&payload[..newline]).map_err(|e| format!("undecodable envelope: {e}"))?;
+        if envelope.v != crate::SCHEMA_VERSION {
+            return Err(format!("unsupported schema version {}", envelope.v));
+        }
+        Ok((envelope, &payload[newline + 1..]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_bytes_survive_the_round_trip() {
+        let e = InboundEnvelope { v: 1, inbound_id: Uuid::nil(), tenant: "t".into(), received_at: Utc::now() };
+        let raw = b"From: x\r\n\r\nbody\n\xff\x00";
+        let encoded = e.encode(raw);
+        let (back, body) = InboundEnvelope::decode(&encoded).unwrap();
+        assert_eq!((back, body), (e, &raw[..]));
+        assert!(InboundEnvelope::decode(b"garbage").is_err());
+    }
+}
