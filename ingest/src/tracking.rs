@@ -32,23 +32,14 @@ fn hit_event(claims: Claims, event_type: EventType, headers: &HeaderMap) -> Even
         .and_then(|v| v.split(',').next())
         .map(|s| s.trim().chars().take(64).collect());
     Event {
-        event_id: Uuid::now_v7(),
-        tenant: claims.tenant,
-        event_type,
-        occurred_at: now,
-        received_at: now,
         campaign: claims.campaign,
         variant: claims.variant,
         message_id: claims.message_id,
         recipient: claims.recipient,
         link: (event_type == EventType::Click).then_some(claims.link),
-        bounce_class: None,
-        status: None,
-        reason: None,
-        revenue_micros: None,
-        currency: None,
         user_agent: header(header::USER_AGENT),
         ip,
+        ..Event::new(Uuid::now_v7(), &claims.tenant, event_type, now)
     }
 }
 

@@ -168,23 +168,11 @@ impl Generator {
         let sent_at = c.send_at + Duration::seconds(self.rng.random_range(0..7200));
         let provider = Provider::from_recipient(&r.address);
         let ev = |g: &mut Generator, t: EventType, at: DateTime<Utc>| Event {
-            event_id: uuid::Uuid::from_u128(g.rng.random()),
-            tenant: tenant.to_string(),
-            event_type: t,
-            occurred_at: at,
-            received_at: at,
             campaign: c.name.clone(),
             variant: variant.to_string(),
             message_id: message_id.clone(),
             recipient: r.address.clone(),
-            link: None,
-            bounce_class: None,
-            status: None,
-            reason: None,
-            revenue_micros: None,
-            currency: None,
-            user_agent: None,
-            ip: None,
+            ..Event::new(uuid::Uuid::from_u128(g.rng.random()), tenant, t, at)
         };
         let e = ev(self, EventType::Sent, sent_at);
         self.push(e);

@@ -171,6 +171,30 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event of `event_type` for `tenant` that happened and arrived at `at`, with every
+    /// other field empty: fill in the rest with struct update syntax.
+    pub fn new(event_id: Uuid, tenant: &str, event_type: EventType, at: DateTime<Utc>) -> Event {
+        Event {
+            event_id,
+            tenant: tenant.to_string(),
+            event_type,
+            occurred_at: at,
+            received_at: at,
+            campaign: String::new(),
+            variant: String::new(),
+            message_id: String::new(),
+            recipient: String::new(),
+            link: None,
+            bounce_class: None,
+            status: None,
+            reason: None,
+            revenue_micros: None,
+            currency: None,
+            user_agent: None,
+            ip: None,
+        }
+    }
+
     pub fn provider(&self) -> Provider {
         Provider::from_recipient(&self.recipient)
     }

@@ -32,23 +32,11 @@ pub fn inbound_events(
         ),
     };
     let event = |index: usize, event_type: EventType, recipient: &str| Event {
-        event_id: derived_id(envelope, index),
-        tenant: envelope.tenant.clone(),
-        event_type,
-        occurred_at: envelope.received_at,
-        received_at: envelope.received_at,
         campaign: send.campaign.clone(),
         variant: send.variant.clone(),
         message_id: message_id.clone(),
         recipient: recipient.to_string(),
-        link: None,
-        bounce_class: None,
-        status: None,
-        reason: None,
-        revenue_micros: None,
-        currency: None,
-        user_agent: None,
-        ip: None,
+        ..Event::new(derived_id(envelope, index), &envelope.tenant, event_type, envelope.received_at)
     };
     let sender = c.thread.from_address.as_deref().unwrap_or("");
     match c.kind {
