@@ -37,12 +37,6 @@ pub fn router(state: Arc<IngestState>) -> Router {
 /// Publishes events to the raw topic, keyed by tenant + recipient so one recipient's events
 /// stay in order on a partitioned bus. Returns once they are durable.
 pub async fn publish(bus: &dyn EventBus, events: &[Event]) -> Result<(), BusError> {
-    let messages = events
-        .iter()
-        .map(|e| Message {
-            key: format!("{}\u{0}{}", e.tenant, e.recipient).into_bytes(),
-            payload: serde_json::to_vec(&Envelope::new(e.clone())).unwrap_or_default(),
-        })
-        .collect();
+    let messages = events.iter().map(|e| Message { key: e.bus_key(), payload: Envelope::encode(e) }).collect();
     bus.publish(EVENTS_TOPIC, messages).await
 }

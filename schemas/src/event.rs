@@ -195,6 +195,15 @@ impl Event {
         }
     }
 
+    /// The bus key: tenant and recipient, so one recipient's events stay in order.
+    pub fn bus_key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.tenant.len() + 1 + self.recipient.len());
+        key.extend_from_slice(self.tenant.as_bytes());
+        key.push(0);
+        key.extend_from_slice(self.recipient.as_bytes());
+        key
+    }
+
     pub fn provider(&self) -> Provider {
         Provider::from_recipient(&self.recipient)
     }
@@ -212,6 +221,16 @@ impl Envelope {
     pub fn new(event: Event) -> Self {
         Envelope { v: SCHEMA_VERSION, event }
     }
+
+    /// The bus payload of `event` (an `Envelope` in JSON), without copying the event.
+    pub fn encode(event: &Event) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            v: u16,
+            event: &'a Event,
+        }
+        serde_json::to_vec(&Borrowed { v: SCHEMA_VERSION, event }).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +245,19 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", t.as_str()));
         }
         assert_eq!(EventType::parse("opened"), None);
+    }
+
+    #[test]
+    fn the_borrowed_encoding_is_an_envelope() {
+        let e: Event = serde_json::from_value(serde_json::json!({
+            "event_id": "0190c7a0-0000-7000-8000-000000000001", "tenant": "t", "type": "open",
+            "occurred_at": "2026-11-21T10:00:00Z", "received_at": "2026-11-21T10:00:00Z",
+            "campaign": "c", "message_id": "m", "recipient": "a@b.com"
+        }))
+        .unwrap();
+        let back: Envelope = serde_json::from_slice(&Envelope::encode(&e)).unwrap();
+        assert_eq!(back, Envelope::new(e.clone()));
+        assert_eq!(e.bus_key(), b"t\0a@b.com");
     }
 
     #[test]

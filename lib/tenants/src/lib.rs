@@ -90,9 +90,25 @@ pub struct Principal {
     pub scope: Scope,
 }
 
+type KeyCache = std::collections::HashMap<(String, String), Vec<u8>>;
+
+fn decode_keys(state: &State) -> KeyCache {
+    let mut keys = KeyCache::new();
+    for t in &state.tenants {
+        for k in &t.signing_keys {
+            if let Ok(bytes) = URL_SAFE_NO_PAD.decode(&k.secret) {
+                keys.insert((t.id.clone(), k.kid.clone()), bytes);
+            }
+        }
+    }
+    keys
+}
+
 pub struct Registry {
     path: PathBuf,
-    state: RwLock<(State, Option<SystemTime>)>,
+    /// The file's contents, its modification time, and the signing keys decoded once (the
+    /// pixel path verifies a token per hit).
+    state: RwLock<(State, Option<SystemTime>, KeyCache)>,
 }
 
 impl Registry {
@@ -161,12 +177,8 @@ impl Registry {
     /// Verifies a tracking token against the tenant's keys, in memory.
     pub fn verify(&self, token: &str, kind: Kind) -> Result<Claims, TokenError> {
         let state = self.state.read();
-        let mut decoded = Vec::new();
         mailpipe_tokens::verify(token, kind, |tenant, kid| {
-            let t = state.0.tenants.iter().find(|t| t.id == tenant)?;
-            let k = t.signing_keys.iter().find(|k| k.kid == kid)?;
-            decoded = URL_SAFE_NO_PAD.decode(&k.secret).ok()?;
-            Some(decoded.as_slice())
+            state.2.get(&(tenant.to_string(), kid.to_string())).map(Vec::as_slice)
         })
     }
 
@@ -216,7 +228,8 @@ impl Registry {
         let mut next = guard.0.clone();
         let out = change(&mut next)?;
         save(&self.path, &next)?;
-        *guard = (next, modified(&self.path));
+        let keys = decode_keys(&next);
+        *guard = (next, modified(&self.path), keys);
         Ok(out)
     }
 }
@@ -229,14 +242,15 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn load(path: &Path) -> Result<(State, Option<SystemTime>), RegistryError> {
+fn load(path: &Path) -> Result<(State, Option<SystemTime>, KeyCache), RegistryError> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let state = serde_json::from_slice(&bytes)
                 .map_err(|source| RegistryError::Corrupt { path: path.to_path_buf(), source })?;
-            Ok((state, modified(path)))
+            let keys = decode_keys(&state);
+            Ok((state, modified(path), keys))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((State::default(), None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((State::default(), None, KeyCache::new())),
         Err(source) => Err(RegistryError::Io { path: path.to_path_buf(), source }),
     }
 }

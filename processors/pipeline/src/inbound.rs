@@ -142,8 +142,5 @@ impl InboundRunner {
 }
 
 fn event_message(e: &Event) -> Message {
-    Message {
-        key: format!("{}\u{0}{}", e.tenant, e.recipient).into_bytes(),
-        payload: serde_json::to_vec(&mailpipe_schemas::Envelope::new(e.clone())).unwrap_or_default(),
-    }
+    Message { key: e.bus_key(), payload: mailpipe_schemas::Envelope::encode(e) }
 }
