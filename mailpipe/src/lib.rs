@@ -78,7 +78,7 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (stop_store_tx, stop_store_rx) = watch::channel(false);
         let inbound = InboundRunner { bus: self.bus.clone(), store: self.store.clone(), group: "inbound-classifier".into() };
-        let inbound = tokio::spawn(inbound.run(stop_rx.clone()));
+        let inbound = tokio::spawn(logged("inbound classifier", inbound.run(stop_rx.clone())));
         let runner = Runner {
             bus: self.bus.clone(),
             store: self.store.clone(),
@@ -89,7 +89,7 @@ impl App {
                 flush_interval: Duration::from_millis(self.config.processor.flush_interval_ms),
             },
         };
-        let runner = tokio::spawn(runner.run(stop_store_rx));
+        let runner = tokio::spawn(logged("store writer", runner.run(stop_store_rx)));
         let mut http_stop = stop_rx;
         let app = self.router();
         let server = tokio::spawn(async move {
@@ -102,6 +102,15 @@ impl App {
         tracing::info!(%addr, "mailpipe serving");
         Ok(Running { addr, stop: stop_tx, stop_store: stop_store_tx, server, inbound, runner, app: self })
     }
+}
+
+/// Runs a processor, saying loudly if it stops on an error no retry could cure.
+async fn logged<E: std::fmt::Display>(name: &'static str, run: impl std::future::Future<Output = Result<(), E>>) -> Result<(), E> {
+    let result = run.await;
+    if let Err(e) = &result {
+        tracing::error!(processor = name, error = %e, "processor stopped; restart mailpipe after fixing the cause");
+    }
+    result
 }
 
 async fn ready(State((bus, store)): State<(Arc<dyn EventBus>, Arc<dyn EventStore>)>) -> impl IntoResponse {

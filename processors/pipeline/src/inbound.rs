@@ -2,7 +2,7 @@
 //! auto-reply events joined to the send they answer, published to the events topic (and from
 //! there stored like any event). Offsets are committed only after the events are durable.
 
-use crate::runner::RunnerError;
+use crate::runner::{retry, RunnerError};
 use chrono::Utc;
 use mailpipe_bus::{EventBus, Message, Record, DEAD_LETTER_TOPIC, EVENTS_TOPIC, INBOUND_TOPIC};
 use mailpipe_inbound::{classify, Classification, Kind, Reason};
@@ -102,9 +102,10 @@ impl InboundRunner {
                 let next = last.next;
                 let (events, dead) = self.handle(&records).await;
                 if !dead.is_empty() {
-                    self.bus.publish(DEAD_LETTER_TOPIC, dead).await?;
+                    retry("publishing dead letters", || self.bus.publish(DEAD_LETTER_TOPIC, dead.clone())).await?;
                 }
-                self.bus.publish(EVENTS_TOPIC, events.iter().map(event_message).collect()).await?;
+                let messages: Vec<Message> = events.iter().map(event_message).collect();
+                retry("publishing classified events", || self.bus.publish(EVENTS_TOPIC, messages.clone())).await?;
                 sub.commit(&[next]).await?;
                 metrics::counter!("mailpipe_processor_inbound_classified_total").increment(records.len() as u64);
             } else if stopping {

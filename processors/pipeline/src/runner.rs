@@ -128,7 +128,7 @@ fn dead_letter(record: &Record, reason: &str) -> Message {
 
 /// Retries an operation whose failure a retry can cure (a full disk, a restarting server),
 /// with backoff; nothing is acknowledged meanwhile, so nothing is lost.
-async fn retry<T, E, F, Fut>(what: &'static str, mut op: F) -> Result<T, E>
+pub(crate) async fn retry<T, E, F, Fut>(what: &'static str, mut op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
