@@ -12,7 +12,6 @@ use mailpipe_http::{authorize, ApiError, FieldError};
 use mailpipe_schemas::{BounceClass, Event, EventType};
 use mailpipe_tenants::Scope;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -171,15 +170,8 @@ fn parse_one(item: &Value, tenant: &str, now: DateTime<Utc>) -> Result<Event, Pr
 /// An id for an event sent without one, from what identifies it, so a sending node that
 /// retries the same request does not count it twice.
 fn derived_id(tenant: &str, kind: &str, message_id: &str, recipient: &str, timestamp: Option<&str>) -> Uuid {
-    let mut h = Sha256::new();
-    for part in [tenant, kind, message_id, recipient, timestamp.unwrap_or("")] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    let digest = h.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    let parts = [tenant, kind, message_id, recipient, timestamp.unwrap_or("")];
+    mailpipe_schemas::derived_id(&parts.map(str::as_bytes))
 }
 
 fn required_str<'a>(obj: &'a Map<String, Value>, field: &str, max: usize) -> Result<&'a str, Problem> {

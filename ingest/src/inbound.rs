@@ -8,9 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use mailpipe_bus::{Message, INBOUND_TOPIC};
 use mailpipe_http::{authorize, ApiError};
-use mailpipe_schemas::{InboundEnvelope, SCHEMA_VERSION};
+use mailpipe_schemas::{derived_id, InboundEnvelope, SCHEMA_VERSION};
 use mailpipe_tenants::Scope;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 pub(crate) async fn post_inbound(
@@ -24,12 +23,9 @@ pub(crate) async fn post_inbound(
     }
     // The id comes from the tenant and the bytes, so an MTA that delivers the same message
     // twice (a pipe that timed out after we took it) does not count it twice.
-    let digest = Sha256::new().chain_update(principal.tenant.as_bytes()).chain_update([0]).chain_update(&body).finalize();
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
     let envelope = InboundEnvelope {
         v: SCHEMA_VERSION,
-        inbound_id: uuid::Builder::from_custom_bytes(id).into_uuid(),
+        inbound_id: derived_id(&[principal.tenant.as_bytes(), &body]),
         tenant: principal.tenant,
         received_at: chrono::Utc::now(),
     };

@@ -209,6 +209,22 @@ impl Event {
     }
 }
 
+/// A stable id from the parts that identify something (each part is length-prefixed, so
+/// no two different lists of parts collide by concatenation): resubmitting the same thing gives
+/// the same id, and the store keeps it once.
+pub fn derived_id(parts: &[&[u8]]) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
 /// What is written on the bus: the schema version and the event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +274,12 @@ mod tests {
         let back: Envelope = serde_json::from_slice(&Envelope::encode(&e)).unwrap();
         assert_eq!(back, Envelope::new(e.clone()));
         assert_eq!(e.bus_key(), b"t\0a@b.com");
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_do_not_collide_by_concatenation() {
+        assert_eq!(derived_id(&[b"a", b"bc"]), derived_id(&[b"a", b"bc"]));
+        assert_ne!(derived_id(&[b"a", b"bc"]), derived_id(&[b"ab", b"c"]));
     }
 
     #[test]

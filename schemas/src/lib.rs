@@ -6,5 +6,5 @@ mod event;
 mod inbound;
 
 pub use arrow::{arrow_schema, COLUMNS};
-pub use event::{BounceClass, Envelope, Event, EventType, Provider, SCHEMA_VERSION};
+pub use event::{derived_id, BounceClass, Envelope, Event, EventType, Provider, SCHEMA_VERSION};
 pub use inbound::InboundEnvelope;

@@ -26,6 +26,8 @@ pub enum RegistryError {
     UnknownTenant(String),
     #[error("scope {0:?} is invalid: use read, write or admin")]
     InvalidScope(String),
+    #[error("cannot make a token: {0}")]
+    Token(#[from] TokenError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,9 +171,7 @@ impl Registry {
     pub fn mint(&self, mut claims: Claims) -> Result<String, RegistryError> {
         let (kid, key) = self.active_signing_key(&claims.tenant)?;
         claims.key_id = kid;
-        mailpipe_tokens::mint(&claims, &key).map_err(|e| {
-            RegistryError::Io { path: self.path.clone(), source: std::io::Error::other(e.to_string()) }
-        })
+        Ok(mailpipe_tokens::mint(&claims, &key)?)
     }
 
     /// Verifies a tracking token against the tenant's keys, in memory.

@@ -8,7 +8,6 @@ use mailpipe_bus::{EventBus, Message, Record, DEAD_LETTER_TOPIC, EVENTS_TOPIC, I
 use mailpipe_inbound::{classify, Classification, Kind, Reason};
 use mailpipe_schemas::{BounceClass, Event, EventType, InboundEnvelope};
 use mailpipe_store::{Answer, EventStore, Query, SentMessage};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,7 +35,7 @@ pub fn inbound_events(
         variant: send.variant.clone(),
         message_id: message_id.clone(),
         recipient: recipient.to_string(),
-        ..Event::new(derived_id(envelope, index), &envelope.tenant, event_type, envelope.received_at)
+        ..Event::new(event_id(envelope, index), &envelope.tenant, event_type, envelope.received_at)
     };
     let sender = c.thread.from_address.as_deref().unwrap_or("");
     match c.kind {
@@ -75,11 +74,8 @@ pub fn inbound_events(
 }
 
 /// Ids derived from the inbound message, so a redelivered message yields the same events.
-fn derived_id(envelope: &InboundEnvelope, index: usize) -> uuid::Uuid {
-    let digest = Sha256::new().chain_update(envelope.inbound_id.as_bytes()).chain_update(index.to_le_bytes()).finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+fn event_id(envelope: &InboundEnvelope, index: usize) -> uuid::Uuid {
+    mailpipe_schemas::derived_id(&[envelope.inbound_id.as_bytes(), &index.to_le_bytes()])
 }
 
 pub struct InboundRunner {
