@@ -1,13 +1,17 @@
 //! The event bus seam: publish batches that are durable when the call returns, consume them
 //! as a group, acknowledge after the downstream write is durable, replay from an offset.
-//! Backends: the embedded on-disk log (this crate); Kafka comes behind the same traits.
+//! Backends: the embedded on-disk log, and Kafka (feature `kafka`).
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use async_trait::async_trait;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedBusConfig, EmbeddedEventBus};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaBusConfig, KafkaEventBus};
 
 /// Topic of raw events, from the edge to the processors.
 pub const EVENTS_TOPIC: &str = "events";
@@ -20,6 +24,8 @@ pub const DEAD_LETTER_TOPIC: &str = "dead-letter";
 pub enum BusError {
     #[error("bus i/o on {what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
     #[error("the bus is shut down")]
     Closed,
     #[error("{0}")]
@@ -29,7 +35,7 @@ pub enum BusError {
 impl BusError {
     /// Whether trying again later can succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, BusError::Io { .. })
+        matches!(self, BusError::Io { .. } | BusError::Unavailable(_))
     }
 }
 
@@ -47,6 +53,19 @@ pub struct Record {
     pub next: Position,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
+}
+
+/// The positions to commit once `records` are handled: per partition, the one after its last
+/// record.
+pub fn commit_points<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<Position> {
+    let mut by_partition = std::collections::BTreeMap::new();
+    for r in records {
+        let next = by_partition.entry(r.next.partition).or_insert(r.next);
+        if r.next.offset > next.offset {
+            *next = r.next;
+        }
+    }
+    by_partition.into_values().collect()
 }
 
 /// A record to publish. The key chooses the partition (tenant + recipient keeps one

@@ -1,6 +1,6 @@
-//! Assembly of the roles into one process: opens the backends named by the configuration,
-//! serves ingest, query and operations endpoints on one listener, runs the store writer, and
-//! stops in the order that loses nothing.
+//! Assembly of the roles: opens the backends named by the configuration, serves ingest, query
+//! and operations endpoints, runs the processors, and stops in the order that loses nothing.
+//! `serve` runs every role in one process; `ingest`, `process` and `query` run one each.
 
 pub mod bench;
 pub mod demo;
@@ -12,9 +12,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus, EventBus};
+use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus, EventBus, KafkaBusConfig, KafkaEventBus};
 use mailpipe_config::{BusConfig, Config, StoreConfig};
 use mailpipe_processors::{InboundRunner, Runner, RunnerConfig, Validate};
+use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
 use mailpipe_store::datafusion::{DataFusionEventStore, DataFusionStoreConfig};
 use mailpipe_store::EventStore;
 use mailpipe_tenants::Registry;
@@ -25,11 +26,174 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The opened backends of one process.
+/// The roles a process can run: `serve` runs them all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The HTTP edge: events, inbound mail, tracking hits -> bus.
+    Ingest,
+    /// The processors: bus -> classifier -> store.
+    Process,
+    /// The HTTP API and dashboard, from the store.
+    Query,
+}
+
+/// Opens the bus the configuration names.
+pub async fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+    Ok(match &config.bus {
+        BusConfig::Embedded => Arc::new(EmbeddedEventBus::open(EmbeddedBusConfig::new(config.bus_dir()))?),
+        BusConfig::Kafka(k) => {
+            let bus = KafkaEventBus::connect(KafkaBusConfig {
+                brokers: k.brokers.clone(),
+                topic_prefix: k.topic_prefix.clone(),
+                partitions: k.partitions,
+                replication_factor: k.replication_factor,
+                retention_ms: k.retention_ms,
+                client: k.client.clone(),
+            })
+            .await
+            .with_context(|| format!("connecting to Kafka at {}", k.brokers))?;
+            Arc::new(bus)
+        }
+    })
+}
+
+/// Opens the store the configuration names (applying ClickHouse migrations when configured).
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
+    Ok(match &config.store {
+        StoreConfig::Datafusion { compact_after_files } => {
+            let mut store_config = DataFusionStoreConfig::new(config.store_dir());
+            store_config.compact_after_files = *compact_after_files;
+            Arc::new(DataFusionEventStore::open(store_config).await?)
+        }
+        StoreConfig::Clickhouse(c) => {
+            let ch = clickhouse_config(c);
+            if c.migrate_on_start {
+                ClickHouseEventStore::migrate(&ch).await.with_context(|| format!("migrating ClickHouse at {}", c.url))?;
+            }
+            let store = ClickHouseEventStore::new(&ch);
+            store.health().await.with_context(|| format!("reaching ClickHouse at {}", c.url))?;
+            Arc::new(store)
+        }
+    })
+}
+
+pub fn clickhouse_config(c: &mailpipe_config::ClickHouseConfig) -> ClickHouseStoreConfig {
+    ClickHouseStoreConfig { url: c.url.clone(), database: c.database.clone(), user: c.user.clone(), password: c.password.clone() }
+}
+
+/// `/healthz`, `/readyz` (every backend this process uses answers) and `/metrics`.
+pub fn ops_router(bus: Option<Arc<dyn EventBus>>, store: Option<Arc<dyn EventStore>>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(|| async { telemetry::render_metrics() }))
+        .with_state((bus, store))
+}
+
+/// Runs one role until `shutdown` resolves (`mailpipe ingest | process | query`).
+pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    telemetry::metrics();
+    let listener = TcpListener::bind(config.http.listen).await.with_context(|| format!("listening on {}", config.http.listen))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = match role {
+        Role::Ingest => {
+            let bus = open_bus(&config).await?;
+            let registry = Arc::new(Registry::open(config.registry_path())?);
+            ingest_router(&config, bus.clone(), registry).merge(ops_router(Some(bus), None))
+        }
+        Role::Query => {
+            let store = open_store(&config).await?;
+            let registry = Arc::new(Registry::open(config.registry_path())?);
+            query_router(store.clone(), registry).merge(ops_router(None, Some(store)))
+        }
+        Role::Process => {
+            let bus = open_bus(&config).await?;
+            let store = open_store(&config).await?;
+            let processors = Processors::start(&config, bus.clone(), store.clone());
+            let router = ops_router(Some(bus), Some(store));
+            let server = serve_until(listener, router, stop_rx);
+            tracing::info!(role = ?role, addr = %config.http.listen, "mailpipe role running");
+            shutdown.await;
+            processors.stop().await?;
+            stop_tx.send_replace(true);
+            server.await.context("http server task")??;
+            return Ok(());
+        }
+    };
+    let server = serve_until(listener, app, stop_rx);
+    tracing::info!(role = ?role, addr = %config.http.listen, "mailpipe role running");
+    shutdown.await;
+    stop_tx.send_replace(true);
+    server.await.context("http server task")??;
+    Ok(())
+}
+
+fn serve_until(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    })
+}
+
+fn ingest_router(config: &Config, bus: Arc<dyn EventBus>, registry: Arc<Registry>) -> Router {
+    mailpipe_ingest::router(Arc::new(mailpipe_ingest::IngestState {
+        bus,
+        registry,
+        max_events_per_request: config.http.max_events_per_request,
+        max_body_bytes: config.http.max_body_bytes,
+    }))
+}
+
+fn query_router(store: Arc<dyn EventStore>, registry: Arc<Registry>) -> Router {
+    mailpipe_query::router(Arc::new(mailpipe_query::QueryState { store, registry }))
+}
+
+/// The processors of one process: the inbound classifier and the store writer. The
+/// classifier stops first; the writer then drains what it left.
+pub struct Processors {
+    stop_inbound: watch::Sender<bool>,
+    stop_store: watch::Sender<bool>,
+    inbound: JoinHandle<Result<(), mailpipe_processors::RunnerError>>,
+    runner: JoinHandle<Result<(), mailpipe_processors::RunnerError>>,
+}
+
+impl Processors {
+    pub fn start(config: &Config, bus: Arc<dyn EventBus>, store: Arc<dyn EventStore>) -> Processors {
+        let (stop_inbound, inbound_rx) = watch::channel(false);
+        let (stop_store, store_rx) = watch::channel(false);
+        let inbound = InboundRunner { bus: bus.clone(), store: store.clone(), group: "inbound-classifier".into() };
+        let inbound = tokio::spawn(logged("inbound classifier", inbound.run(inbound_rx)));
+        let runner = Runner {
+            bus,
+            store,
+            steps: vec![Box::new(Validate)],
+            config: RunnerConfig {
+                group: config.processor.group.clone(),
+                batch_max: config.processor.batch_max,
+                flush_interval: Duration::from_millis(config.processor.flush_interval_ms),
+            },
+        };
+        let runner = tokio::spawn(logged("store writer", runner.run(store_rx)));
+        Processors { stop_inbound, stop_store, inbound, runner }
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop_inbound.send_replace(true);
+        self.inbound.await.context("classifier task")?.context("classifier")?;
+        self.stop_store.send_replace(true);
+        self.runner.await.context("processor task")?.context("processor")?;
+        Ok(())
+    }
+}
+
+/// Every role in one process (`mailpipe serve`).
 pub struct App {
     pub config: Config,
     pub bus: Arc<dyn EventBus>,
-    pub store: Arc<DataFusionEventStore>,
+    pub store: Arc<dyn EventStore>,
     pub registry: Arc<Registry>,
 }
 
@@ -38,69 +202,26 @@ impl App {
         telemetry::metrics();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let bus: Arc<dyn EventBus> = match &config.bus {
-            BusConfig::Embedded => Arc::new(EmbeddedEventBus::open(EmbeddedBusConfig::new(config.bus_dir()))?),
-        };
-        let store = match &config.store {
-            StoreConfig::Datafusion { compact_after_files } => {
-                let mut store_config = DataFusionStoreConfig::new(config.store_dir());
-                store_config.compact_after_files = *compact_after_files;
-                Arc::new(DataFusionEventStore::open(store_config).await?)
-            }
-        };
+        let bus = open_bus(&config).await?;
+        let store = open_store(&config).await?;
         let registry = Arc::new(Registry::open(config.registry_path())?);
         Ok(App { config, bus, store, registry })
     }
 
     pub fn router(&self) -> Router {
-        let ingest = mailpipe_ingest::router(Arc::new(mailpipe_ingest::IngestState {
-            bus: self.bus.clone(),
-            registry: self.registry.clone(),
-            max_events_per_request: self.config.http.max_events_per_request,
-            max_body_bytes: self.config.http.max_body_bytes,
-        }));
-        let query = mailpipe_query::router(Arc::new(mailpipe_query::QueryState {
-            store: self.store.clone(),
-            registry: self.registry.clone(),
-        }));
-        let ops = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(ready))
-            .route("/metrics", get(|| async { telemetry::render_metrics() }))
-            .with_state((self.bus.clone(), self.store.clone() as Arc<dyn EventStore>));
-        ingest.merge(query).merge(ops)
+        ingest_router(&self.config, self.bus.clone(), self.registry.clone())
+            .merge(query_router(self.store.clone(), self.registry.clone()))
+            .merge(ops_router(Some(self.bus.clone()), Some(self.store.clone())))
     }
 
-    /// Serves on `listener` and runs the store writer until `Running::shutdown`.
+    /// Serves on `listener` and runs the processors until `Running::shutdown`.
     pub async fn start(self, listener: TcpListener) -> anyhow::Result<Running> {
         let addr = listener.local_addr()?;
-        // The edge and the classifier stop first; the store writer then drains what they left.
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (stop_store_tx, stop_store_rx) = watch::channel(false);
-        let inbound = InboundRunner { bus: self.bus.clone(), store: self.store.clone(), group: "inbound-classifier".into() };
-        let inbound = tokio::spawn(logged("inbound classifier", inbound.run(stop_rx.clone())));
-        let runner = Runner {
-            bus: self.bus.clone(),
-            store: self.store.clone(),
-            steps: vec![Box::new(Validate)],
-            config: RunnerConfig {
-                group: self.config.processor.group.clone(),
-                batch_max: self.config.processor.batch_max,
-                flush_interval: Duration::from_millis(self.config.processor.flush_interval_ms),
-            },
-        };
-        let runner = tokio::spawn(logged("store writer", runner.run(stop_store_rx)));
-        let mut http_stop = stop_rx;
-        let app = self.router();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let server = serve_until(listener, self.router(), stop_rx);
         tracing::info!(%addr, "mailpipe serving");
-        Ok(Running { addr, stop: stop_tx, stop_store: stop_store_tx, server, inbound, runner, app: self })
+        Ok(Running { addr, stop, server, processors, app: self })
     }
 }
 
@@ -113,13 +234,18 @@ async fn logged<E: std::fmt::Display>(name: &'static str, run: impl std::future:
     result
 }
 
-async fn ready(State((bus, store)): State<(Arc<dyn EventBus>, Arc<dyn EventStore>)>) -> impl IntoResponse {
-    match (bus.health().await, store.health().await) {
-        (Ok(()), Ok(())) => (StatusCode::OK, "ready\n".to_string()),
-        (bus, store) => {
-            let why = [bus.err().map(|e| e.to_string()), store.err().map(|e| e.to_string())];
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", why.into_iter().flatten().collect::<Vec<_>>().join("; ")))
-        }
+async fn ready(State((bus, store)): State<(Option<Arc<dyn EventBus>>, Option<Arc<dyn EventStore>>)>) -> impl IntoResponse {
+    let mut why = Vec::new();
+    if let Some(Err(e)) = match &bus { Some(b) => Some(b.health().await), None => None } {
+        why.push(e.to_string());
+    }
+    if let Some(Err(e)) = match &store { Some(s) => Some(s.health().await), None => None } {
+        why.push(e.to_string());
+    }
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", why.join("; ")))
     }
 }
 
@@ -127,21 +253,17 @@ pub struct Running {
     pub addr: SocketAddr,
     pub app: App,
     stop: watch::Sender<bool>,
-    stop_store: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
-    inbound: JoinHandle<Result<(), mailpipe_processors::RunnerError>>,
-    runner: JoinHandle<Result<(), mailpipe_processors::RunnerError>>,
+    processors: Processors,
 }
 
 impl Running {
-    /// Stops taking requests, lets the writer drain the bus into the store and flush it,
+    /// Stops taking requests, lets the processors drain the bus into the store and flush it,
     /// commits, and returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.send_replace(true);
         self.server.await.context("http server task")?.context("http server")?;
-        self.inbound.await.context("classifier task")?.context("classifier")?;
-        self.stop_store.send_replace(true);
-        self.runner.await.context("processor task")?.context("processor")?;
+        self.processors.stop().await?;
         tracing::info!("mailpipe stopped cleanly");
         Ok(())
     }
@@ -149,7 +271,7 @@ impl Running {
     /// Waits until the store holds at least `events` events (for tests and the demo).
     pub async fn wait_for_events(&self, events: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.app.store.event_count() < events {
+        while self.app.store.count().await.unwrap_or(0) < events as u64 {
             if tokio::time::Instant::now() > deadline {
                 return false;
             }

@@ -6,7 +6,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mailpipe::demo::{Generator, Profile, DEMO_TENANTS};
 use mailpipe::{telemetry, App};
 use mailpipe_config::Config;
-use mailpipe_store::EventStore;
 use mailpipe_tenants::{Registry, Scope};
 use mailpipe_tokens::{Claims, Kind};
 use std::path::PathBuf;
@@ -28,12 +27,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every role in one process on the embedded backends.
+    /// Run every role in one process (on the embedded backends unless configured otherwise).
     Serve {
         /// Fill the store with generated traffic first (skipped if the demo tenants exist).
         #[arg(long)]
         demo: bool,
     },
+    /// Run the HTTP edge only (events, inbound mail, tracking hits -> bus).
+    Ingest,
+    /// Run the processors only (bus -> classifier -> store); run as many as the bus has
+    /// partitions to share.
+    Process,
+    /// Run the HTTP API and dashboard only.
+    Query,
+    /// Apply the store's pending schema migrations (ClickHouse) and exit.
+    Migrate,
     /// Print a tracking URL.
     Url {
         kind: UrlKind,
@@ -124,6 +132,30 @@ fn main() -> anyhow::Result<()> {
             telemetry::init_logs();
             telemetry::metrics();
             tokio::runtime::Runtime::new()?.block_on(serve(config, demo))
+        }
+        Command::Ingest | Command::Process | Command::Query => {
+            telemetry::init_logs();
+            let role = match cli.command {
+                Command::Ingest => mailpipe::Role::Ingest,
+                Command::Process => mailpipe::Role::Process,
+                _ => mailpipe::Role::Query,
+            };
+            tokio::runtime::Runtime::new()?.block_on(mailpipe::run_role(config, role, shutdown_signal()))
+        }
+        Command::Migrate => {
+            telemetry::init_logs();
+            let mailpipe_config::StoreConfig::Clickhouse(c) = &config.store else {
+                bail!("`migrate` is for the ClickHouse store; the embedded store needs no migrations")
+            };
+            let ch = mailpipe::clickhouse_config(c);
+            let applied = tokio::runtime::Runtime::new()?
+                .block_on(mailpipe_store::clickhouse::ClickHouseEventStore::migrate(&ch))
+                .with_context(|| format!("migrating ClickHouse at {}", c.url))?;
+            match applied.as_slice() {
+                [] => println!("{}: schema is up to date", c.database),
+                v => println!("{}: applied migrations {v:?}", c.database),
+            }
+            Ok(())
         }
         Command::Url { kind, tenant, campaign, message_id, recipient, variant, link } => {
             let registry = Registry::open(config.registry_path())?;
@@ -256,7 +288,7 @@ async fn load_demo(running: &mailpipe::Running) -> anyhow::Result<()> {
         }
     }
     let started = Instant::now();
-    let before = running.app.store.event_count();
+    let before = running.app.store.count().await? as usize;
     let generator = Generator::new(Profile::demo(), chrono::Utc::now());
     let bar = ProgressBar::new(generator.planned_messages() as u64).with_style(
         ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} messages ({per_sec})").unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -277,8 +309,12 @@ async fn load_demo(running: &mailpipe::Running) -> anyhow::Result<()> {
     );
     bar.set_message("storing");
     let target = before + published;
-    while running.app.store.event_count() < target {
-        bar.set_position((running.app.store.event_count() - before) as u64);
+    loop {
+        let stored = running.app.store.count().await? as usize;
+        if stored >= target {
+            break;
+        }
+        bar.set_position(stored.saturating_sub(before) as u64);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running.app.store.flush().await?;

@@ -1,7 +1,9 @@
 //! The event store seam: idempotent inserts (by `event_id`), typed queries scoped to one
 //! tenant, a health check. Backends: DataFusion over Parquet (feature `datafusion`, the
-//! embedded default); ClickHouse comes behind the same trait.
+//! embedded default) and ClickHouse (feature `clickhouse`).
 
+#[cfg(feature = "clickhouse")]
+pub mod clickhouse;
 #[cfg(feature = "datafusion")]
 pub mod datafusion;
 mod query;
@@ -43,6 +45,9 @@ pub trait EventStore: Send + Sync {
 
     /// Answers a question about one tenant's data; no query can reach another tenant's rows.
     async fn query(&self, tenant: &str, query: Query) -> Result<Answer, StoreError>;
+
+    /// Events stored, over every tenant (for operators, progress bars and tests).
+    async fn count(&self) -> Result<u64, StoreError>;
 
     async fn health(&self) -> Result<(), StoreError>;
 }

@@ -8,7 +8,7 @@ use mailpipe_schemas::{BounceClass, Event, EventType};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
-const BUCKET_MS: i64 = 15 * 60 * 1000;
+pub(crate) const BUCKET_MS: i64 = 15 * 60 * 1000;
 
 /// The fields of an event the rollup reads, borrowed so a rebuild from Arrow columns does
 /// not allocate per row.
@@ -73,10 +73,14 @@ struct First {
     variant: u32,
 }
 
-/// Hash of a Message-ID without its angle brackets: reports quote it either way.
+/// A Message-ID without its angle brackets: reports quote it either way.
+pub(crate) fn message_key(message_id: &str) -> &str {
+    message_id.trim().trim_start_matches('<').trim_end_matches('>')
+}
+
 fn message_hash(message_id: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    message_id.trim().trim_start_matches('<').trim_end_matches('>').hash(&mut h);
+    message_key(message_id).hash(&mut h);
     h.finish()
 }
 
@@ -188,7 +192,11 @@ impl Rollup {
             .iter()
             .map(|c| CampaignSummary {
                 campaign: c.name.clone(),
-                variants: c.variants.iter().filter(|v| !v.is_empty()).cloned().collect(),
+                variants: {
+                    let mut v: Vec<String> = c.variants.iter().filter(|v| !v.is_empty()).cloned().collect();
+                    v.sort();
+                    v
+                },
                 sent: c.cells.values().map(|cell| cell.sent).sum(),
                 first_event_ms: c.first_ms,
                 last_event_ms: c.last_ms,

@@ -63,9 +63,9 @@ impl Server {
     /// the margin is for a loaded CI machine).
     pub async fn settle(&self) {
         for _ in 0..100 {
-            let before = self.running().app.store.event_count();
+            let before = self.running().app.store.count().await.unwrap();
             tokio::time::sleep(Duration::from_millis(400)).await;
-            if self.running().app.store.event_count() == before {
+            if self.running().app.store.count().await.unwrap() == before {
                 return;
             }
         }

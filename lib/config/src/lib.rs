@@ -43,6 +43,43 @@ pub struct HttpConfig {
 pub enum BusConfig {
     /// On-disk log in `<data_dir>/bus`.
     Embedded,
+    /// Apache Kafka (or any broker speaking its protocol), through librdkafka.
+    Kafka(KafkaConfig),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`
+    pub brokers: String,
+    /// Prepended to mailpipe's topic names (`events`, `inbound`, `dead-letter`).
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Partitions of topics mailpipe creates when they are missing.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// `retention.ms` of topics mailpipe creates.
+    #[serde(default = "default_retention_ms")]
+    pub retention_ms: i64,
+    /// Passed to librdkafka as they are: `security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `sasl.password`, `ssl.ca.location`, ...
+    #[serde(default)]
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+fn default_topic_prefix() -> String {
+    "mailpipe.".into()
+}
+fn default_partitions() -> i32 {
+    12
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_retention_ms() -> i64 {
+    7 * 24 * 3_600_000
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +87,34 @@ pub enum BusConfig {
 pub enum StoreConfig {
     /// Parquet in `<data_dir>/store`, queried with DataFusion.
     Datafusion { compact_after_files: usize },
+    /// A ClickHouse server, over HTTP.
+    Clickhouse(ClickHouseConfig),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// `http://host:8123`
+    pub url: String,
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(default = "default_user")]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    /// Apply pending migrations when a role starts (otherwise run `mailpipe migrate`).
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
+}
+
+fn default_database() -> String {
+    "mailpipe".into()
+}
+fn default_user() -> String {
+    "default".into()
+}
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,6 +181,22 @@ impl Config {
         if self.processor.group.is_empty() {
             return invalid("processor.group", "must not be empty");
         }
+        if let BusConfig::Kafka(k) = &self.bus {
+            if k.brokers.trim().is_empty() {
+                return invalid("bus.brokers", "must name at least one broker (host:port)");
+            }
+            if k.partitions < 1 || k.replication_factor < 1 {
+                return invalid("bus.partitions", "partitions and replication_factor must be at least 1");
+            }
+        }
+        if let StoreConfig::Clickhouse(c) = &self.store {
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                return invalid("store.url", "must start with http:// or https://");
+            }
+            if c.database.is_empty() || !c.database.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                return invalid("store.database", "must be letters, digits and underscores");
+            }
+        }
         Ok(())
     }
 
@@ -171,7 +252,22 @@ mod tests {
     fn backends_are_tagged() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("k.toml", "[bus]\nbackend = \"kafka\"\n")?;
-            assert!(Config::load(Some(Path::new("k.toml"))).is_err());
+            let err = Config::load(Some(Path::new("k.toml"))).unwrap_err().to_string();
+            assert!(err.contains("brokers"), "{err}");
+            jail.create_file(
+                "p.toml",
+                "[bus]\nbackend = \"kafka\"\nbrokers = \"k1:9092\"\n[bus.client]\n\"security.protocol\" = \"SASL_SSL\"\n\
+                 [store]\nbackend = \"clickhouse\"\nurl = \"http://ch:8123\"\n",
+            )?;
+            jail.set_env("MAILPIPE__STORE__PASSWORD", "s3cret");
+            let c = Config::load(Some(Path::new("p.toml"))).unwrap();
+            let BusConfig::Kafka(k) = &c.bus else { panic!("{:?}", c.bus) };
+            assert_eq!((k.brokers.as_str(), k.partitions, k.topic_prefix.as_str()), ("k1:9092", 12, "mailpipe."));
+            assert_eq!(k.client.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+            let StoreConfig::Clickhouse(ch) = &c.store else { panic!("{:?}", c.store) };
+            assert_eq!((ch.database.as_str(), ch.password.as_str(), ch.migrate_on_start), ("mailpipe", "s3cret", true));
+            jail.set_env("MAILPIPE__STORE__DATABASE", "x; DROP");
+            assert!(Config::load(Some(Path::new("p.toml"))).unwrap_err().to_string().contains("store.database"));
             Ok(())
         });
     }

@@ -2,9 +2,9 @@
 //! auto-reply events joined to the send they answer, published to the events topic (and from
 //! there stored like any event). Offsets are committed only after the events are durable.
 
-use crate::runner::{retry, RunnerError};
+use crate::runner::{commit, retry, RunnerError};
 use chrono::Utc;
-use mailpipe_bus::{EventBus, Message, Record, DEAD_LETTER_TOPIC, EVENTS_TOPIC, INBOUND_TOPIC};
+use mailpipe_bus::{commit_points, EventBus, Message, Record, DEAD_LETTER_TOPIC, EVENTS_TOPIC, INBOUND_TOPIC};
 use mailpipe_inbound::{classify, Classification, Kind, Reason};
 use mailpipe_schemas::{BounceClass, Event, EventType, InboundEnvelope};
 use mailpipe_store::{Answer, EventStore, Query, SentMessage};
@@ -94,15 +94,15 @@ impl InboundRunner {
                 r = sub.poll(256, wait) => r?,
                 _ = shutdown.changed(), if !stopping => continue,
             };
-            if let Some(last) = records.last() {
-                let next = last.next;
+            if !records.is_empty() {
+                let next = commit_points(&records);
                 let (events, dead) = self.handle(&records).await;
                 if !dead.is_empty() {
                     retry("publishing dead letters", || self.bus.publish(DEAD_LETTER_TOPIC, dead.clone())).await?;
                 }
                 let messages: Vec<Message> = events.iter().map(event_message).collect();
                 retry("publishing classified events", || self.bus.publish(EVENTS_TOPIC, messages.clone())).await?;
-                sub.commit(&[next]).await?;
+                commit(sub.as_mut(), &next).await?;
                 metrics::counter!("mailpipe_processor_inbound_classified_total").increment(records.len() as u64);
             } else if stopping {
                 return Ok(());
@@ -119,7 +119,7 @@ impl InboundRunner {
             let (envelope, classification) = match parsed {
                 Ok(ok) => ok,
                 Err(reason) => {
-                    let body = serde_json::json!({ "reason": format!("inbound: {reason}"), "topic": INBOUND_TOPIC, "offset": record.position.offset, "at": Utc::now().to_rfc3339() });
+                    let body = serde_json::json!({ "reason": format!("inbound: {reason}"), "topic": INBOUND_TOPIC, "partition": record.position.partition, "offset": record.position.offset, "at": Utc::now().to_rfc3339() });
                     dead.push(Message { key: record.key.clone(), payload: body.to_string().into_bytes() });
                     continue;
                 }

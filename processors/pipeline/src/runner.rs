@@ -1,14 +1,19 @@
 //! The processor runner: the only place that talks to the bus and the store.
 
 use crate::steps::{decode, Outcome, Processor};
-use mailpipe_bus::{BusError, EventBus, Message, Position, Record, Subscription, DEAD_LETTER_TOPIC, EVENTS_TOPIC};
+use mailpipe_bus::{commit_points, BusError, EventBus, Message, Position, Record, Subscription, DEAD_LETTER_TOPIC, EVENTS_TOPIC};
 use mailpipe_store::{EventStore, StoreError};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 const LINGER: Duration = Duration::from_millis(10);
+/// How long a poll waits once stopping.
+const STOP_POLL: Duration = Duration::from_millis(20);
+/// Longest a stopping runner keeps reading when the bus cannot say exactly what is left.
+const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -37,28 +42,37 @@ impl Runner {
     /// the store and commits, so a graceful stop leaves nothing to redo.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
         let mut sub = self.bus.subscribe(EVENTS_TOPIC, &self.config.group).await?;
-        let mut unflushed: Option<Position> = None;
+        // Per partition, the position after the last record handled but not yet committed.
+        let mut unflushed: BTreeMap<u32, Position> = BTreeMap::new();
         let mut last_flush = Instant::now();
+        let mut stop_since: Option<Instant> = None;
         loop {
             let stopping = *shutdown.borrow();
-            let wait = if stopping { Duration::ZERO } else { self.config.flush_interval.min(Duration::from_millis(100)) };
+            if stopping && stop_since.is_none() {
+                stop_since = Some(Instant::now());
+            }
+            let wait = if stopping { STOP_POLL } else { self.config.flush_interval.min(Duration::from_millis(100)) };
             let records = tokio::select! {
                 r = sub.poll(self.config.batch_max, wait) => r?,
                 _ = shutdown.changed(), if !stopping => continue,
             };
             let full = records.len() >= self.config.batch_max;
-            if let Some(last) = records.last() {
-                let next = last.next;
+            let idle = records.is_empty();
+            if !idle {
+                for p in commit_points(&records) {
+                    unflushed.insert(p.partition, p);
+                }
                 self.handle(records).await?;
-                unflushed = Some(next);
                 if !full && !stopping {
                     // Let a trickle gather into a batch: far fewer wake-ups under load, for
                     // a few milliseconds of freshness.
                     tokio::time::sleep(LINGER).await;
                 }
             }
-            let drained = stopping && sub.lag() == 0;
-            if unflushed.is_some() && (drained || last_flush.elapsed() >= self.config.flush_interval) {
+            // Drained: nothing left to read, or (a bus whose lag is only an estimate) nothing
+            // arrived for a while after the stop.
+            let drained = stopping && idle && (sub.lag() == 0 || stop_since.is_some_and(|t| t.elapsed() > DRAIN_LIMIT));
+            if !unflushed.is_empty() && (drained || last_flush.elapsed() >= self.config.flush_interval) {
                 self.flush_and_commit(sub.as_mut(), &mut unflushed).await?;
                 last_flush = Instant::now();
             }
@@ -105,12 +119,10 @@ impl Runner {
         Ok(())
     }
 
-    async fn flush_and_commit(&self, sub: &mut dyn Subscription, unflushed: &mut Option<Position>) -> Result<(), RunnerError> {
+    async fn flush_and_commit(&self, sub: &mut dyn Subscription, unflushed: &mut BTreeMap<u32, Position>) -> Result<(), RunnerError> {
         retry("flushing the store", || self.store.flush()).await?;
-        if let Some(upto) = unflushed.take() {
-            sub.commit(&[upto]).await?;
-        }
-        Ok(())
+        let upto: Vec<Position> = std::mem::take(unflushed).into_values().collect();
+        commit(sub, &upto).await
     }
 }
 
@@ -124,6 +136,23 @@ fn dead_letter(record: &Record, reason: &str) -> Message {
         "at": chrono::Utc::now().to_rfc3339(),
     });
     Message { key: record.key.clone(), payload: body.to_string().into_bytes() }
+}
+
+/// Commits, retrying while the bus is unreachable (nothing is lost meanwhile: at worst the
+/// records are read again, and the store recognises them).
+pub(crate) async fn commit(sub: &mut dyn Subscription, upto: &[Position]) -> Result<(), RunnerError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match sub.commit(upto).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.retryable() => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "retrying offset commit");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Retries an operation whose failure a retry can cure (a full disk, a restarting server),

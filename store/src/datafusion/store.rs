@@ -264,6 +264,10 @@ impl EventStore for DataFusionEventStore {
         }
     }
 
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.event_count() as u64)
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         std::fs::metadata(&self.root).map(|_| ()).map_err(files::io(&self.root))
     }

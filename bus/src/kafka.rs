@@ -1,0 +1,285 @@
+//! The Kafka backend, through librdkafka: an idempotent producer with `acks=all` (publish
+//! returns once the brokers have every message), consumer groups whose offsets are committed
+//! only when the runner says the downstream write is durable, topics created when missing.
+//!
+//! A rebalance needs nothing special here: a partition's uncommitted records are read again by
+//! its next owner, and the store recognises what it already holds.
+
+use crate::{BusError, EventBus, Message, Position, Record, Subscription};
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the brokers are and how topics are made. `client` goes to librdkafka as it is
+/// (SASL, TLS and any tuning).
+#[derive(Clone, Debug)]
+pub struct KafkaBusConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub retention_ms: i64,
+    pub client: BTreeMap<String, String>,
+}
+
+impl KafkaBusConfig {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaBusConfig {
+            brokers: brokers.into(),
+            topic_prefix: "mailpipe.".into(),
+            partitions: 12,
+            replication_factor: 1,
+            retention_ms: 7 * 24 * 3_600_000,
+            client: BTreeMap::new(),
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+}
+
+pub struct KafkaEventBus {
+    config: KafkaBusConfig,
+    producer: FutureProducer,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn unavailable(what: &str) -> impl Fn(KafkaError) -> BusError + '_ {
+    move |e| BusError::Unavailable(format!("kafka {what}: {e}"))
+}
+
+impl KafkaEventBus {
+    /// Connects, and creates mailpipe's topics when they are missing.
+    pub async fn connect(config: KafkaBusConfig) -> Result<KafkaEventBus, BusError> {
+        let producer: FutureProducer = config
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(|e| BusError::Invalid(format!("kafka producer configuration: {e}")))?;
+        let bus = KafkaEventBus { config, producer };
+        bus.create_topics(&[crate::EVENTS_TOPIC, crate::INBOUND_TOPIC, crate::DEAD_LETTER_TOPIC]).await?;
+        Ok(bus)
+    }
+
+    async fn create_topics(&self, names: &[&str]) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .config
+            .client_config()
+            .create()
+            .map_err(|e| BusError::Invalid(format!("kafka admin configuration: {e}")))?;
+        let names: Vec<String> = names.iter().map(|n| self.config.topic(n)).collect();
+        let retention = self.config.retention_ms.to_string();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| {
+                NewTopic::new(n, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor))
+                    .set("retention.ms", &retention)
+            })
+            .collect();
+        let results = admin
+            .create_topics(&topics, &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
+            .await
+            .map_err(unavailable("creating topics"))?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, partitions = self.config.partitions, "kafka topic created"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(BusError::Unavailable(format!("kafka: creating topic {name}: {code}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for KafkaEventBus {
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), BusError> {
+        let topic = self.config.topic(topic);
+        // Everything is queued first (librdkafka batches it), then every delivery awaited.
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for m in &messages {
+            loop {
+                match self.producer.send_result(FutureRecord::to(&topic).key(&m.key).payload(&m.payload)) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(unavailable("publish")(e)),
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(unavailable("publish")(e)),
+                Err(_) => return Err(BusError::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, BusError> {
+        let context = GroupContext { lag: Arc::new(AtomicU64::new(0)), group: group.to_string() };
+        let lag = context.lag.clone();
+        let consumer: StreamConsumer<GroupContext> = self
+            .config
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(context)
+            .map_err(|e| BusError::Invalid(format!("kafka consumer configuration: {e}")))?;
+        let topic = self.config.topic(topic);
+        consumer.subscribe(&[&topic]).map_err(unavailable("subscribe"))?;
+        Ok(Box::new(KafkaSubscription { consumer: Arc::new(consumer), topic, lag }))
+    }
+
+    async fn health(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(2)).map(|_| ()))
+            .await
+            .map_err(|_| BusError::Closed)?
+            .map_err(unavailable("metadata"))
+    }
+}
+
+/// Logs rebalances and keeps the group's lag from librdkafka's statistics.
+struct GroupContext {
+    lag: Arc<AtomicU64>,
+    group: String,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, stats: Statistics) {
+        let lag: i64 = stats
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag > 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.lag.store(lag.max(0) as u64, Ordering::Relaxed);
+        metrics::gauge!("mailpipe_bus_consumer_lag", "group" => self.group.clone()).set(lag as f64);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(group = %self.group, partitions = tpl.count(), "kafka partitions assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(group = %self.group, partitions = tpl.count(), "kafka partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(group = %self.group, error = %e, "kafka rebalance error"),
+        }
+    }
+}
+
+pub struct KafkaSubscription {
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    topic: String,
+    lag: Arc<AtomicU64>,
+}
+
+fn record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let partition = m.partition() as u32;
+    let offset = m.offset() as u64;
+    Record {
+        position: Position { partition, offset },
+        next: Position { partition, offset: offset + 1 },
+        key: m.key().unwrap_or_default().to_vec(),
+        payload: m.payload().unwrap_or_default().to_vec(),
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError> {
+        let mut out = Vec::new();
+        let mut wait = wait;
+        while out.len() < max {
+            // After the first record only what is already fetched is taken (a zero timeout
+            // still polls the queue once).
+            match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(m)) => out.push(record(&m)),
+                Ok(Err(e)) => {
+                    // librdkafka reconnects by itself; the error is news, not a stop.
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error");
+                    if out.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(100).min(wait)).await;
+                    }
+                    break;
+                }
+            }
+            wait = Duration::ZERO;
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, upto: &[Position]) -> Result<(), BusError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in upto {
+            tpl.add_partition_offset(&self.topic, p.partition as i32, Offset::Offset(p.offset as i64))
+                .map_err(unavailable("commit"))?;
+        }
+        let consumer = self.consumer.clone();
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|_| BusError::Closed)?;
+        match result {
+            Ok(()) => Ok(()),
+            // The partitions moved to another member: it reads them again from the last
+            // commit, and the store recognises what is already written.
+            Err(KafkaError::ConsumerCommit(
+                code @ (RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId
+                | RDKafkaErrorCode::NoOffset),
+            )) => {
+                tracing::info!(topic = %self.topic, %code, "kafka commit skipped: partitions were reassigned");
+                Ok(())
+            }
+            Err(e) => Err(unavailable("commit")(e)),
+        }
+    }
+
+    fn seek(&mut self, to: Position) -> Result<(), BusError> {
+        self.consumer
+            .seek(&self.topic, to.partition as i32, Offset::Offset(to.offset as i64), TIMEOUT)
+            .map_err(unavailable("seek"))
+    }
+
+    fn lag(&self) -> u64 {
+        self.lag.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,514 @@
+//! The ClickHouse backend (feature `clickhouse`), through the official `clickhouse` crate over
+//! HTTP. Raw events go to `events`; materialized views keep the rollups every typed query is
+//! answered from (`rollup_15m`, `message_firsts`, `sends`), so no query scans raw events.
+//!
+//! Exactly once: an insert first asks which of its ids the table already holds (one query per
+//! batch, on the sorting key) and writes only the others, in one block. A redelivered batch,
+//! a resubmitted event and a retry after a lost answer are all recognised this way; one
+//! partition of the bus has one writer at a time, so no two writers race on the same id.
+//!
+//! Migrations live in `schemas/clickhouse/migrations`, written for a modern server; features
+//! an older server lacks (LowCardinality, column codecs) are left out when it is older.
+
+use crate::query::{Answer, CampaignSummary, DayTotals, Overview, OverviewQuery, Query, SentMessage, Totals};
+use crate::rollup::{message_key, BUCKET_MS};
+use crate::{EventStore, StoreError};
+use async_trait::async_trait;
+use clickhouse::{Client, Row};
+use mailpipe_schemas::{BounceClass, Event, EventType};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use uuid::Uuid;
+
+/// The migrations, in order: (version, name, SQL written for a modern server).
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "events", include_str!("../../schemas/clickhouse/migrations/0001_events.sql")),
+    (2, "rollups", include_str!("../../schemas/clickhouse/migrations/0002_rollups.sql")),
+];
+
+/// Ids looked up per query when checking which events are stored already.
+const LOOKUP_CHUNK: usize = 5_000;
+
+#[derive(Clone, Debug)]
+pub struct ClickHouseStoreConfig {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+pub struct ClickHouseEventStore {
+    client: Client,
+}
+
+/// What a server can do beyond what ClickHouse 18.16 (Debian's package) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    pub low_cardinality: bool,
+    pub codecs: bool,
+}
+
+impl Capabilities {
+    pub const MODERN: Capabilities = Capabilities { low_cardinality: true, codecs: true };
+
+    /// From `SELECT version()`, e.g. `18.16.1` or `24.8.4.13`.
+    pub fn of_version(version: &str) -> Capabilities {
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let major_minor = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        let modern = major_minor >= (19, 3);
+        Capabilities { low_cardinality: modern, codecs: modern }
+    }
+
+    /// The statements of a migration as this server takes them.
+    pub fn render(self, sql: &str) -> Vec<String> {
+        let mut sql = strip_comments(sql);
+        if !self.low_cardinality {
+            sql = sql.replace("LowCardinality(String)", "String");
+        }
+        if !self.codecs {
+            sql = strip_codecs(&sql);
+        }
+        sql.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    }
+}
+
+fn strip_comments(sql: &str) -> String {
+    sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n")
+}
+
+/// Removes every ` CODEC(...)` clause (nested parentheses included).
+fn strip_codecs(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find(" CODEC(") {
+        out.push_str(&rest[..at]);
+        let mut depth = 0;
+        let mut end = rest.len();
+        for (i, c) in rest[at + 1..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = at + 1 + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn engine(e: clickhouse::error::Error) -> StoreError {
+    StoreError::Engine(format!("clickhouse: {e}"))
+}
+
+/// One event as the `events` table holds it; absent optional text is the empty string.
+#[derive(Row, Serialize)]
+struct EventRow<'a> {
+    #[serde(with = "clickhouse::serde::uuid")]
+    event_id: Uuid,
+    tenant: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    occurred_ms: i64,
+    received_ms: i64,
+    campaign: &'a str,
+    variant: &'a str,
+    message_id: &'a str,
+    recipient: &'a str,
+    link: &'a str,
+    bounce_class: &'a str,
+    status: &'a str,
+    reason: &'a str,
+    revenue_micros: Option<i64>,
+    currency: &'a str,
+    user_agent: &'a str,
+    ip: &'a str,
+}
+
+impl<'a> EventRow<'a> {
+    fn of(e: &'a Event) -> Self {
+        let s = |o: &'a Option<String>| o.as_deref().unwrap_or("");
+        EventRow {
+            event_id: e.event_id,
+            tenant: &e.tenant,
+            event_type: e.event_type.as_str(),
+            occurred_ms: e.occurred_at.timestamp_millis(),
+            received_ms: e.received_at.timestamp_millis(),
+            campaign: &e.campaign,
+            variant: &e.variant,
+            message_id: &e.message_id,
+            recipient: &e.recipient,
+            link: s(&e.link),
+            bounce_class: e.bounce_class.map_or("", BounceClass::as_str),
+            status: s(&e.status),
+            reason: s(&e.reason),
+            revenue_micros: e.revenue_micros,
+            currency: s(&e.currency),
+            user_agent: s(&e.user_agent),
+            ip: s(&e.ip),
+        }
+    }
+}
+
+#[derive(Row, Deserialize)]
+struct IdRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    event_id: Uuid,
+}
+
+#[derive(Row, Deserialize)]
+struct CountRow {
+    bucket_ms: i64,
+    event_type: String,
+    bounce_class: String,
+    n: u64,
+    revenue_micros: i64,
+}
+
+#[derive(Row, Deserialize)]
+struct CampaignRow {
+    campaign: String,
+    variant: String,
+    event_type: String,
+    n: u64,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+#[derive(Row, Deserialize)]
+struct SendRow {
+    campaign: String,
+    variant: String,
+}
+
+#[derive(Row, Deserialize)]
+struct AppliedRow {
+    version: u32,
+    checksum: String,
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// Stable across builds and platforms: FNV-1a over the migration's text.
+fn checksum(sql: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in sql.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+impl ClickHouseEventStore {
+    /// Connects to the database (which must exist; `migrate` creates it).
+    pub fn new(config: &ClickHouseStoreConfig) -> ClickHouseEventStore {
+        ClickHouseEventStore { client: Self::client(config).with_database(&config.database) }
+    }
+
+    fn client(config: &ClickHouseStoreConfig) -> Client {
+        // No HTTP compression: ClickHouse 18.16 answers lz4-compressed fetches with nothing.
+        // No schema validation: it relies on a format 18.16 lacks (RowBinaryWithNamesAndTypes).
+        Client::default()
+            .with_url(&config.url)
+            .with_user(&config.user)
+            .with_password(&config.password)
+            .with_compression(clickhouse::Compression::None)
+            .with_validation(false)
+    }
+
+    pub async fn version(&self) -> Result<String, StoreError> {
+        self.client.query("SELECT version()").fetch_one::<String>().await.map_err(engine)
+    }
+
+    /// Creates the database if needed and applies the migrations not applied yet, in order.
+    /// Returns the versions applied now.
+    pub async fn migrate(config: &ClickHouseStoreConfig) -> Result<Vec<u32>, StoreError> {
+        let server = Self::client(config);
+        server.query(&format!("CREATE DATABASE IF NOT EXISTS {}", config.database)).execute().await.map_err(engine)?;
+        let store = Self::new(config);
+        let caps = Capabilities::of_version(&store.version().await?);
+        store
+            .client
+            .query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, \
+                 applied_ms Int64) ENGINE = MergeTree ORDER BY version",
+            )
+            .execute()
+            .await
+            .map_err(engine)?;
+        let applied: BTreeMap<u32, String> = store
+            .client
+            .query("SELECT version, checksum FROM schema_migrations")
+            .fetch_all::<AppliedRow>()
+            .await
+            .map_err(engine)?
+            .into_iter()
+            .map(|r| (r.version, r.checksum))
+            .collect();
+        let mut now_applied = Vec::new();
+        for &(version, name, sql) in MIGRATIONS {
+            let sum = checksum(sql);
+            match applied.get(&version) {
+                Some(s) if *s == sum => continue,
+                Some(_) => {
+                    return Err(StoreError::Engine(format!(
+                        "migration {version:04} ({name}) changed after it was applied; add a new migration instead"
+                    )))
+                }
+                None => {}
+            }
+            // Every statement is idempotent (IF NOT EXISTS), so a migration cut short is
+            // simply run again.
+            for statement in caps.render(sql) {
+                store.client.query(&statement).execute().await.map_err(|e| {
+                    StoreError::Engine(format!("migration {version:04} ({name}): {e}\n{statement}"))
+                })?;
+            }
+            store
+                .client
+                .query("INSERT INTO schema_migrations (version, name, checksum, applied_ms) VALUES (?, ?, ?, ?)")
+                .bind(version)
+                .bind(name)
+                .bind(&sum)
+                .bind(chrono::Utc::now().timestamp_millis())
+                .execute()
+                .await
+                .map_err(engine)?;
+            tracing::info!(version, name, "clickhouse migration applied");
+            now_applied.push(version);
+        }
+        Ok(now_applied)
+    }
+
+    /// Ids of `events` that the table holds already.
+    async fn stored_ids(&self, events: &[&Event]) -> Result<HashSet<Uuid>, StoreError> {
+        let mut stored = HashSet::new();
+        for chunk in events.chunks(LOOKUP_CHUNK) {
+            let mut sql = String::with_capacity(64 + chunk.len() * 90);
+            sql.push_str("SELECT event_id FROM events WHERE (tenant, occurred_ms, event_id) IN (");
+            for (i, e) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                let _ = write!(sql, "({},{},toUUID('{}'))", quote(&e.tenant), e.occurred_at.timestamp_millis(), e.event_id);
+            }
+            sql.push(')');
+            let rows = self
+                .client
+                .query_raw(&sql)
+                .with_setting("max_query_size", (sql.len() + 1024).to_string())
+                .fetch_all::<IdRow>()
+                .await
+                .map_err(engine)?;
+            stored.extend(rows.into_iter().map(|r| r.event_id));
+        }
+        Ok(stored)
+    }
+
+    /// Events stored, over all tenants, and how many distinct ids they have (equal unless
+    /// something was stored twice).
+    pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
+        self.client.query("SELECT count(), uniqExact(event_id) FROM events").fetch_one::<(u64, u64)>().await.map_err(engine)
+    }
+
+    async fn overview(&self, tenant: &str, q: &OverviewQuery) -> Result<Overview, StoreError> {
+        let (days, bounds) = q.day_boundaries();
+        let lo = bounds[0].div_euclid(BUCKET_MS) * BUCKET_MS;
+        let hi = bounds[bounds.len() - 1].div_euclid(BUCKET_MS) * BUCKET_MS;
+        let campaign = if q.campaign.is_some() { "AND campaign = ?" } else { "" };
+        let counts = format!(
+            "SELECT bucket_ms, type, bounce_class, countMerge(events), sumMerge(revenue_micros) FROM rollup_15m \
+             WHERE tenant = ? AND bucket_ms >= ? AND bucket_ms < ? {campaign} GROUP BY bucket_ms, type, bounce_class"
+        );
+        let firsts = format!(
+            "SELECT intDiv(first_ms, {BUCKET_MS}) * {BUCKET_MS} AS bucket, type, '', count(), toInt64(0) FROM ( \
+               SELECT type, minMerge(first_ms) AS first_ms, argMinMerge(campaign) AS campaign FROM message_firsts \
+               WHERE tenant = ? GROUP BY type, message_key) \
+             WHERE first_ms >= ? AND first_ms < ? {campaign} GROUP BY bucket, type"
+        );
+        let mut daily: Vec<DayTotals> = days.iter().map(|&date| DayTotals { date, totals: Totals::default() }).collect();
+        for (sql, unique) in [(counts, false), (firsts, true)] {
+            let mut query = self.client.query(&sql).bind(tenant).bind(lo).bind(hi);
+            if let Some(c) = &q.campaign {
+                query = query.bind(c.as_str());
+            }
+            for row in query.fetch_all::<CountRow>().await.map_err(engine)? {
+                let day = bounds.partition_point(|&b| b <= row.bucket_ms).saturating_sub(1).min(daily.len() - 1);
+                add(&mut daily[day].totals, &row, unique);
+            }
+        }
+        let mut totals = Totals::default();
+        for d in &daily {
+            totals.add(&d.totals);
+        }
+        Ok(Overview {
+            from: q.from,
+            to: q.to,
+            tz: q.tz.name().to_string(),
+            campaign: q.campaign.clone(),
+            totals,
+            rates: totals.rates(),
+            daily,
+        })
+    }
+
+    async fn campaigns(&self, tenant: &str) -> Result<Vec<CampaignSummary>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT campaign, variant, type, countMerge(events), minMerge(first_ms), maxMerge(last_ms) \
+                 FROM rollup_15m WHERE tenant = ? GROUP BY campaign, variant, type",
+            )
+            .bind(tenant)
+            .fetch_all::<CampaignRow>()
+            .await
+            .map_err(engine)?;
+        let mut by_name: BTreeMap<String, CampaignSummary> = BTreeMap::new();
+        for r in rows {
+            let c = by_name.entry(r.campaign.clone()).or_insert_with(|| CampaignSummary {
+                campaign: r.campaign.clone(),
+                variants: Vec::new(),
+                sent: 0,
+                first_event_ms: i64::MAX,
+                last_event_ms: i64::MIN,
+            });
+            if !r.variant.is_empty() && !c.variants.contains(&r.variant) {
+                c.variants.push(r.variant);
+            }
+            if r.event_type == EventType::Sent.as_str() {
+                c.sent += r.n;
+            }
+            c.first_event_ms = c.first_event_ms.min(r.first_ms);
+            c.last_event_ms = c.last_event_ms.max(r.last_ms);
+        }
+        let mut out: Vec<CampaignSummary> = by_name.into_values().collect();
+        for c in &mut out {
+            c.variants.sort();
+        }
+        out.sort_by(|a, b| b.last_event_ms.cmp(&a.last_event_ms).then_with(|| a.campaign.cmp(&b.campaign)));
+        Ok(out)
+    }
+
+    async fn sent_message(&self, tenant: &str, message_id: &str) -> Result<Option<SentMessage>, StoreError> {
+        let row = self
+            .client
+            .query("SELECT campaign, variant FROM sends WHERE tenant = ? AND message_key = ? ORDER BY occurred_ms DESC LIMIT 1")
+            .bind(tenant)
+            .bind(message_key(message_id))
+            .fetch_optional::<SendRow>()
+            .await
+            .map_err(engine)?;
+        Ok(row.map(|r| SentMessage { campaign: r.campaign, variant: r.variant }))
+    }
+}
+
+/// Adds one rollup row to a day's totals (`unique`: a row of first events per message).
+fn add(t: &mut Totals, row: &CountRow, unique: bool) {
+    let Some(kind) = EventType::parse(&row.event_type) else { return };
+    let n = row.n;
+    let counter = match (kind, unique) {
+        (EventType::Open, true) => &mut t.unique_opens,
+        (EventType::Click, true) => &mut t.unique_clicks,
+        (EventType::Unsubscribe, true) => &mut t.unsubscribes,
+        (EventType::Complaint, true) => &mut t.complaints,
+        (_, true) => return,
+        (EventType::Sent, _) => &mut t.sent,
+        (EventType::Delivered, _) => &mut t.delivered,
+        (EventType::Deferred, _) => &mut t.deferred,
+        (EventType::Bounced, _) if row.bounce_class == BounceClass::Hard.as_str() => &mut t.hard_bounces,
+        (EventType::Bounced, _) => &mut t.soft_bounces,
+        (EventType::Open, _) => &mut t.opens,
+        (EventType::Click, _) => &mut t.clicks,
+        (EventType::Reply, _) => &mut t.replies,
+        (EventType::AutoReply, _) => &mut t.auto_replies,
+        (EventType::Conversion, _) => {
+            t.revenue_micros += row.revenue_micros;
+            &mut t.conversions
+        }
+        // Counted once per message, from `message_firsts`.
+        (EventType::Unsubscribe | EventType::Complaint, _) => return,
+    };
+    *counter += n;
+}
+
+#[async_trait]
+impl EventStore for ClickHouseEventStore {
+    async fn insert(&self, events: &[Event]) -> Result<usize, StoreError> {
+        let mut in_batch = HashSet::with_capacity(events.len());
+        let unique: Vec<&Event> = events.iter().filter(|e| in_batch.insert(e.event_id)).collect();
+        let stored = self.stored_ids(&unique).await?;
+        let fresh: Vec<&Event> = unique.into_iter().filter(|e| !stored.contains(&e.event_id)).collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let mut insert = self.client.insert::<EventRow<'_>>("events").await.map_err(engine)?;
+        for e in &fresh {
+            insert.write(&EventRow::of(e)).await.map_err(engine)?;
+        }
+        insert.end().await.map_err(engine)?;
+        metrics::counter!("mailpipe_store_rows_written_total").increment(fresh.len() as u64);
+        Ok(fresh.len())
+    }
+
+    /// Nothing to do: an insert is written by ClickHouse before it answers.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn query(&self, tenant: &str, query: Query) -> Result<Answer, StoreError> {
+        match query {
+            Query::Overview(q) => {
+                q.validate()?;
+                Ok(Answer::Overview(self.overview(tenant, &q).await?))
+            }
+            Query::Campaigns => Ok(Answer::Campaigns(self.campaigns(tenant).await?)),
+            Query::Message { message_id } => Ok(Answer::Message(self.sent_message(tenant, &message_id).await?)),
+        }
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.counts().await?.0)
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.client.query("SELECT 1").fetch_one::<u8>().await.map_err(engine).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_servers_get_the_schema_without_what_they_lack() {
+        let sql = "CREATE TABLE t (a LowCardinality(String), b Int64 CODEC(Delta, ZSTD(1)), c String CODEC(ZSTD(1)))\n-- note;\nENGINE = MergeTree ORDER BY a;\nSELECT 1";
+        let old = Capabilities::of_version("18.16.1").render(sql);
+        assert_eq!(old, vec!["CREATE TABLE t (a String, b Int64, c String)\nENGINE = MergeTree ORDER BY a", "SELECT 1"]);
+        let modern = Capabilities::of_version("24.8.4.13").render(sql);
+        assert!(modern[0].contains("LowCardinality(String)") && modern[0].contains("CODEC(Delta, ZSTD(1))"));
+        assert_eq!(Capabilities::of_version("24.8.4.13"), Capabilities::MODERN);
+    }
+
+    #[test]
+    fn quoted_strings_cannot_break_out() {
+        assert_eq!(quote("a'b\\c"), "'a\\'b\\\\c'");
+    }
+}
