@@ -27,6 +27,86 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (2, "rollups", include_str!("../../schemas/clickhouse/migrations/0002_rollups.sql")),
 ];
 
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, \
+    checksum String, applied_ms Int64) ENGINE = MergeTree ORDER BY version";
+const APPLIED: &str = "SELECT version, checksum FROM schema_migrations";
+const RECORD_MIGRATION: &str = "INSERT INTO schema_migrations (version, name, checksum, applied_ms) VALUES (?, ?, ?, ?)";
+const COUNTS: &str = "SELECT count(), uniqExact(event_id) FROM events";
+const CAMPAIGNS: &str = "SELECT campaign, variant, type, countMerge(events), minMerge(first_ms), maxMerge(last_ms) \
+    FROM rollup_15m WHERE tenant = ? GROUP BY campaign, variant, type";
+const SEND: &str = "SELECT campaign, variant FROM sends WHERE tenant = ? AND message_key = ? ORDER BY occurred_ms DESC LIMIT 1";
+
+/// Per-bucket counts of a tenant's range, optionally of one campaign.
+fn overview_counts_sql(campaign: bool) -> String {
+    let campaign = if campaign { "AND campaign = ?" } else { "" };
+    format!(
+        "SELECT bucket_ms, type, bounce_class, countMerge(events), sumMerge(revenue_micros) FROM rollup_15m \
+         WHERE tenant = ? AND bucket_ms >= ? AND bucket_ms < ? {campaign} GROUP BY bucket_ms, type, bounce_class"
+    )
+}
+
+/// Per-bucket counts of messages whose first open / click / unsubscribe / complaint falls in
+/// the range (in the campaign it was counted in).
+fn overview_firsts_sql(campaign: bool) -> String {
+    let campaign = if campaign { "AND campaign = ?" } else { "" };
+    format!(
+        "SELECT intDiv(first_ms, {BUCKET_MS}) * {BUCKET_MS} AS bucket, type, '', count(), toInt64(0) FROM ( \
+           SELECT type, minMerge(first_ms) AS first_ms, argMinMerge(campaign) AS campaign FROM message_firsts \
+           WHERE tenant = ? GROUP BY type, message_key) \
+         WHERE first_ms >= ? AND first_ms < ? {campaign} GROUP BY bucket, type"
+    )
+}
+
+/// Which of these (tenant, occurred_ms, event_id) rows exist: the sorting key, so the index
+/// finds them.
+fn stored_ids_sql(events: &[&Event]) -> String {
+    let mut sql = String::with_capacity(80 + events.len() * 90);
+    sql.push_str("SELECT event_id FROM events WHERE (tenant, occurred_ms, event_id) IN (");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        let _ = write!(sql, "({},{},toUUID('{}'))", quote(&e.tenant), e.occurred_at.timestamp_millis(), e.event_id);
+    }
+    sql.push(')');
+    sql
+}
+
+/// Every statement the store sends besides the migrations, with example values in place of
+/// its parameters: for checking them on other ClickHouse versions.
+pub fn query_templates() -> Vec<String> {
+    let fill = |sql: &str, values: &[&str]| {
+        let mut out = String::new();
+        let mut values = values.iter();
+        for (i, part) in sql.split('?').enumerate() {
+            if i > 0 {
+                out.push_str(values.next().expect("a value per parameter"));
+            }
+            out.push_str(part);
+        }
+        out
+    };
+    let e = Event::new(Uuid::from_u128(7), "acme", EventType::Open, chrono::Utc::now());
+    let mut out = vec![
+        MIGRATIONS_TABLE.to_string(),
+        fill(RECORD_MIGRATION, &["1", "'events'", "'0123456789abcdef'", "1700000000000"]),
+        APPLIED.to_string(),
+        COUNTS.to_string(),
+        fill(CAMPAIGNS, &["'acme'"]),
+        fill(SEND, &["'acme'", "'m@x'"]),
+        stored_ids_sql(&[&e, &e]),
+        "SELECT version()".to_string(),
+        "SELECT 1".to_string(),
+    ];
+    for campaign in [false, true] {
+        let values = ["'acme'", "1700000000000", "1700086400000", "'spring'"];
+        let n = if campaign { 4 } else { 3 };
+        out.push(fill(&overview_counts_sql(campaign), &values[..n]));
+        out.push(fill(&overview_firsts_sql(campaign), &values[..n]));
+    }
+    out
+}
+
 /// Ids looked up per query when checking which events are stored already.
 const LOOKUP_CHUNK: usize = 5_000;
 
@@ -247,16 +327,13 @@ impl ClickHouseEventStore {
         let caps = Capabilities::of_version(&store.version().await?);
         store
             .client
-            .query(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, \
-                 applied_ms Int64) ENGINE = MergeTree ORDER BY version",
-            )
+            .query(MIGRATIONS_TABLE)
             .execute()
             .await
             .map_err(engine)?;
         let applied: BTreeMap<u32, String> = store
             .client
-            .query("SELECT version, checksum FROM schema_migrations")
+            .query(APPLIED)
             .fetch_all::<AppliedRow>()
             .await
             .map_err(engine)?
@@ -284,7 +361,7 @@ impl ClickHouseEventStore {
             }
             store
                 .client
-                .query("INSERT INTO schema_migrations (version, name, checksum, applied_ms) VALUES (?, ?, ?, ?)")
+                .query(RECORD_MIGRATION)
                 .bind(version)
                 .bind(name)
                 .bind(&sum)
@@ -302,15 +379,7 @@ impl ClickHouseEventStore {
     async fn stored_ids(&self, events: &[&Event]) -> Result<HashSet<Uuid>, StoreError> {
         let mut stored = HashSet::new();
         for chunk in events.chunks(LOOKUP_CHUNK) {
-            let mut sql = String::with_capacity(64 + chunk.len() * 90);
-            sql.push_str("SELECT event_id FROM events WHERE (tenant, occurred_ms, event_id) IN (");
-            for (i, e) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                let _ = write!(sql, "({},{},toUUID('{}'))", quote(&e.tenant), e.occurred_at.timestamp_millis(), e.event_id);
-            }
-            sql.push(')');
+            let sql = stored_ids_sql(chunk);
             let rows = self
                 .client
                 .query_raw(&sql)
@@ -326,24 +395,15 @@ impl ClickHouseEventStore {
     /// Events stored, over all tenants, and how many distinct ids they have (equal unless
     /// something was stored twice).
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
-        self.client.query("SELECT count(), uniqExact(event_id) FROM events").fetch_one::<(u64, u64)>().await.map_err(engine)
+        self.client.query(COUNTS).fetch_one::<(u64, u64)>().await.map_err(engine)
     }
 
     async fn overview(&self, tenant: &str, q: &OverviewQuery) -> Result<Overview, StoreError> {
         let (days, bounds) = q.day_boundaries();
         let lo = bounds[0].div_euclid(BUCKET_MS) * BUCKET_MS;
         let hi = bounds[bounds.len() - 1].div_euclid(BUCKET_MS) * BUCKET_MS;
-        let campaign = if q.campaign.is_some() { "AND campaign = ?" } else { "" };
-        let counts = format!(
-            "SELECT bucket_ms, type, bounce_class, countMerge(events), sumMerge(revenue_micros) FROM rollup_15m \
-             WHERE tenant = ? AND bucket_ms >= ? AND bucket_ms < ? {campaign} GROUP BY bucket_ms, type, bounce_class"
-        );
-        let firsts = format!(
-            "SELECT intDiv(first_ms, {BUCKET_MS}) * {BUCKET_MS} AS bucket, type, '', count(), toInt64(0) FROM ( \
-               SELECT type, minMerge(first_ms) AS first_ms, argMinMerge(campaign) AS campaign FROM message_firsts \
-               WHERE tenant = ? GROUP BY type, message_key) \
-             WHERE first_ms >= ? AND first_ms < ? {campaign} GROUP BY bucket, type"
-        );
+        let counts = overview_counts_sql(q.campaign.is_some());
+        let firsts = overview_firsts_sql(q.campaign.is_some());
         let mut daily: Vec<DayTotals> = days.iter().map(|&date| DayTotals { date, totals: Totals::default() }).collect();
         for (sql, unique) in [(counts, false), (firsts, true)] {
             let mut query = self.client.query(&sql).bind(tenant).bind(lo).bind(hi);
@@ -373,10 +433,7 @@ impl ClickHouseEventStore {
     async fn campaigns(&self, tenant: &str) -> Result<Vec<CampaignSummary>, StoreError> {
         let rows = self
             .client
-            .query(
-                "SELECT campaign, variant, type, countMerge(events), minMerge(first_ms), maxMerge(last_ms) \
-                 FROM rollup_15m WHERE tenant = ? GROUP BY campaign, variant, type",
-            )
+            .query(CAMPAIGNS)
             .bind(tenant)
             .fetch_all::<CampaignRow>()
             .await
@@ -410,7 +467,7 @@ impl ClickHouseEventStore {
     async fn sent_message(&self, tenant: &str, message_id: &str) -> Result<Option<SentMessage>, StoreError> {
         let row = self
             .client
-            .query("SELECT campaign, variant FROM sends WHERE tenant = ? AND message_key = ? ORDER BY occurred_ms DESC LIMIT 1")
+            .query(SEND)
             .bind(tenant)
             .bind(message_key(message_id))
             .fetch_optional::<SendRow>()

@@ -124,3 +124,4 @@ pub async fn spawn_serve(data_dir: &Path, flush_interval_ms: u64) -> (Child, Str
     }
     panic!("mailpipe serve did not come up on {base}");
 }
+pub mod servers;

@@ -149,15 +149,25 @@ impl Default for Config {
 impl Config {
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut user = Figment::new();
         if let Some(file) = file {
             if !file.exists() {
                 return Err(ConfigError::Invalid { field: "--config", reason: format!("{} does not exist", file.display()) });
             }
-            figment = figment.merge(Toml::file(file));
+            user = user.merge(Toml::file(file));
         }
-        let config: Config = figment
-            .merge(Env::prefixed("MAILPIPE__").split("__"))
+        let user = user.merge(Env::prefixed("MAILPIPE__").split("__"));
+        // A backend chosen by the user brings its own settings: the default backend's settings
+        // must not be merged into it.
+        let mut defaults = serde_json::to_value(Config::default()).map_err(|e| ConfigError::Invalid { field: "defaults", reason: e.to_string() })?;
+        for section in ["bus", "store"] {
+            let chosen: Option<String> = user.extract_inner(&format!("{section}.backend")).ok();
+            if chosen.is_some_and(|b| Some(b.as_str()) != defaults[section]["backend"].as_str()) {
+                defaults[section] = serde_json::json!({});
+            }
+        }
+        let config: Config = Figment::from(Serialized::defaults(defaults))
+            .merge(user)
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;

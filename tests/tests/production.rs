@@ -1,0 +1,224 @@
+//! The production backends against real servers: a Kafka-protocol broker (tansu) and
+//! ClickHouse (Debian's 18.16), both started by the test. The bus keeps order per key and
+//! resumes from committed offsets; poison messages go to the dead-letter topic without
+//! blocking; killing one of two `mailpipe process` instances mid-stream, and restarting
+//! ClickHouse mid-stream, leave every acknowledged event stored exactly once.
+
+use chrono::Utc;
+use mailpipe_bus::{commit_points, EventBus, KafkaBusConfig, KafkaEventBus, Message, DEAD_LETTER_TOPIC, EVENTS_TOPIC};
+use mailpipe_schemas::{Event, EventType};
+use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
+use mailpipe_tests::binary;
+use mailpipe_tests::servers::{ClickHouse, Kafka};
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn bus_config(kafka: &Kafka, prefix: &str, partitions: i32) -> KafkaBusConfig {
+    KafkaBusConfig { topic_prefix: prefix.into(), partitions, ..KafkaBusConfig::new(kafka.brokers()) }
+}
+
+fn ch_config(ch: &ClickHouse, database: &str) -> ClickHouseStoreConfig {
+    ClickHouseStoreConfig { url: ch.url(), database: database.into(), user: "default".into(), password: String::new() }
+}
+
+/// `n` distinct sends of tenant `acme`, to 50 recipients.
+fn sends(n: usize, campaign: &str) -> Vec<Event> {
+    let now = Utc::now();
+    (0..n)
+        .map(|i| Event {
+            campaign: campaign.into(),
+            message_id: format!("<{i}.{campaign}@mailpipe.test>"),
+            recipient: format!("r{}@example.com", i % 50),
+            ..Event::new(Uuid::new_v4(), "acme", EventType::Sent, now)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_keeps_order_per_key_and_resumes_from_the_committed_offsets() {
+    let kafka = Kafka::start();
+    let mut config = bus_config(&kafka, "order.", 4);
+    // A member that left without a word is noticed after this long.
+    config.client.insert("session.timeout.ms".into(), "6000".into());
+    config.client.insert("heartbeat.interval.ms".into(), "500".into());
+    let bus = KafkaEventBus::connect(config).await.unwrap();
+    bus.health().await.unwrap();
+    let batch = |range: std::ops::Range<usize>| -> Vec<Message> {
+        range.map(|i| Message { key: format!("k{}", i % 7).into_bytes(), payload: format!("{}:{i}", i % 7).into_bytes() }).collect()
+    };
+    let index = |r: &mailpipe_bus::Record| -> usize { String::from_utf8_lossy(&r.payload).split(':').nth(1).unwrap().parse().unwrap() };
+    async fn read(sub: &mut Box<dyn mailpipe_bus::Subscription>, n: usize) -> Vec<mailpipe_bus::Record> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.len() < n && Instant::now() < deadline {
+            got.extend(sub.poll(1000, Duration::from_millis(500)).await.unwrap());
+        }
+        // Nothing more arrives.
+        got.extend(sub.poll(1000, Duration::from_millis(1500)).await.unwrap());
+        got
+    }
+
+    bus.publish(EVENTS_TOPIC, batch(0..300)).await.unwrap();
+    let mut sub = bus.subscribe(EVENTS_TOPIC, "g").await.unwrap();
+    let got = read(&mut sub, 300).await;
+    assert_eq!(got.len(), 300, "every published message is read once");
+    // One key's messages come in the order they were published.
+    let mut per_key: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+    for r in &got {
+        per_key.entry(r.key.clone()).or_default().push(index(r));
+    }
+    for (key, seq) in &per_key {
+        assert!(seq.windows(2).all(|w| w[0] < w[1]), "{:?} out of order", String::from_utf8_lossy(key));
+    }
+    assert!(got.iter().map(|r| r.position.partition).collect::<std::collections::HashSet<_>>().len() > 1, "keys spread over partitions");
+
+    // Everything read is committed; a new member of the group reads exactly what came after.
+    // (Committed at a batch boundary: tansu, unlike Kafka, skips the rest of a record batch
+    // when a fetch starts in its middle.)
+    sub.commit(&commit_points(&got)).await.unwrap();
+    drop(sub);
+    bus.publish(EVENTS_TOPIC, batch(300..600)).await.unwrap();
+    let mut sub = bus.subscribe(EVENTS_TOPIC, "g").await.unwrap();
+    let again = read(&mut sub, 300).await;
+    let mut indexes: Vec<usize> = again.iter().map(index).collect();
+    indexes.sort();
+    assert_eq!(indexes, (300..600).collect::<Vec<_>>(), "resumes after the committed offsets of each partition");
+
+    // A new group starts from the beginning.
+    let mut other = bus.subscribe(EVENTS_TOPIC, "h").await.unwrap();
+    assert_eq!(read(&mut other, 600).await.len(), 600);
+}
+
+/// Environment of a `mailpipe` role on Kafka and ClickHouse.
+fn role_env(cmd: &mut Command, kafka: &Kafka, ch: &ClickHouse, database: &str, data: &std::path::Path, config: &std::path::Path) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    cmd.env("MAILPIPE_CONFIG", config)
+        .env("MAILPIPE__DATA_DIR", data)
+        .env("MAILPIPE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MAILPIPE__BUS__BROKERS", kafka.brokers())
+        .env("MAILPIPE__STORE__URL", ch.url())
+        .env("MAILPIPE__STORE__DATABASE", database)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+}
+
+fn write_config(dir: &std::path::Path, prefix: &str) -> std::path::PathBuf {
+    let path = dir.join("mailpipe.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[bus]\nbackend = \"kafka\"\nbrokers = \"unset\"\ntopic_prefix = \"{prefix}\"\npartitions = 4\n\
+             [bus.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+             [store]\nbackend = \"clickhouse\"\nurl = \"http://unset\"\n\
+             [processor]\nbatch_max = 500\nflush_interval_ms = 100\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn spawn_process(kafka: &Kafka, ch: &ClickHouse, database: &str, dir: &std::path::Path, config: &std::path::Path) -> Child {
+    let mut cmd = Command::new(binary());
+    cmd.arg("process");
+    role_env(&mut cmd, kafka, ch, database, dir, config);
+    cmd.spawn().unwrap()
+}
+
+/// Waits until the store's count stops moving at `expected` (or the time is up) and returns
+/// (rows, distinct ids).
+async fn settle(store: &ClickHouseEventStore, expected: u64, timeout: Duration) -> (u64, u64) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let counts = store.counts().await.unwrap_or((0, 0));
+        if counts.0 >= expected || Instant::now() > deadline {
+            // Anything beyond `expected` would show up now.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            return store.counts().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_processors_mid_stream_loses_and_doubles_nothing() {
+    let kafka = Kafka::start();
+    let ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "kill.");
+    ClickHouseEventStore::migrate(&ch_config(&ch, "kill")).await.unwrap();
+    let store = ClickHouseEventStore::new(&ch_config(&ch, "kill"));
+    let bus = KafkaEventBus::connect(bus_config(&kafka, "kill.", 4)).await.unwrap();
+
+    let mut first = spawn_process(&kafka, &ch, "kill", dir.path(), &config);
+    let mut second = spawn_process(&kafka, &ch, "kill", dir.path(), &config);
+    let events = sends(30_000, "kill");
+    let mut acknowledged = 0;
+    for (i, batch) in events.chunks(1_000).enumerate() {
+        mailpipe_ingest::publish(&bus, batch).await.unwrap();
+        acknowledged += batch.len();
+        if i == 10 {
+            // Mid-stream: the first instance dies without a word.
+            first.kill().unwrap();
+            first.wait().unwrap();
+        }
+        if i % 5 == 0 {
+            // A sending node resubmits a batch it already sent.
+            mailpipe_ingest::publish(&bus, batch).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let (rows, distinct) = settle(&store, acknowledged as u64, Duration::from_secs(120)).await;
+    let _ = Command::new("kill").arg("-TERM").arg(second.id().to_string()).status();
+    let status = second.wait().unwrap();
+    assert_eq!(distinct, acknowledged as u64, "every acknowledged event is stored");
+    assert_eq!(rows, distinct, "and none twice");
+    assert!(status.success(), "the surviving processor stops cleanly on SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_clickhouse_mid_stream_loses_and_doubles_nothing_and_poison_does_not_block() {
+    let kafka = Kafka::start();
+    let mut ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "restart.");
+    ClickHouseEventStore::migrate(&ch_config(&ch, "restart")).await.unwrap();
+    let bus = KafkaEventBus::connect(bus_config(&kafka, "restart.", 4)).await.unwrap();
+    let mut process = spawn_process(&kafka, &ch, "restart", dir.path(), &config);
+
+    let events = sends(20_000, "restart");
+    let mut acknowledged = 0;
+    let mut dead = bus.subscribe(DEAD_LETTER_TOPIC, "test").await.unwrap();
+    for (i, batch) in events.chunks(500).enumerate() {
+        if i == 3 {
+            // A poison message on one key: dead-lettered, and the events behind it on the
+            // same partition still get through.
+            let poison = Message { key: batch[0].bus_key(), payload: b"{\"v\":1,\"event\":{\"not\":\"an event\"}}".to_vec() };
+            bus.publish(EVENTS_TOPIC, vec![poison]).await.unwrap();
+        }
+        mailpipe_ingest::publish(&bus, batch).await.unwrap();
+        acknowledged += batch.len();
+        if i == 12 {
+            // An operator restarts ClickHouse while events keep coming.
+            ch.restart(Duration::from_secs(2));
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let store = ClickHouseEventStore::new(&ch_config(&ch, "restart"));
+    let (rows, distinct) = settle(&store, acknowledged as u64, Duration::from_secs(120)).await;
+    let _ = Command::new("kill").arg("-TERM").arg(process.id().to_string()).status();
+    assert!(process.wait().unwrap().success());
+    assert_eq!(distinct, acknowledged as u64, "every acknowledged event is stored");
+    assert_eq!(rows, distinct, "and none twice");
+
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while letters.is_empty() && Instant::now() < deadline {
+        letters = dead.poll(10, Duration::from_millis(500)).await.unwrap();
+    }
+    assert_eq!(letters.len(), 1, "the poison message is in the dead-letter topic");
+    let letter: serde_json::Value = serde_json::from_slice(&letters[0].payload).unwrap();
+    assert!(letter["reason"].as_str().unwrap().contains("undecodable"), "{letter}");
+}
