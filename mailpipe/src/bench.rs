@@ -1,7 +1,8 @@
 //! Benchmarks that print figures (never tests: these machines are shared and noisy).
 //! `overview`: overview query latency over HTTP from the rollup on N stored events, next to
 //! DataFusion scanning the same raw rows. `freshness`: tracking hit to queryable, p50/p99.
-//! The pixel throughput benchmark against nginx is `tests/bench/pixel.sh`.
+//! `production`: Kafka -> processor -> ClickHouse (rows/s, events/s per core, overview
+//! latency). The pixel throughput benchmark against nginx is `tests/bench/pixel.sh`.
 
 use crate::demo::{Generator, Profile};
 use crate::{telemetry, App};
@@ -31,6 +32,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         scans: usize,
     },
+    /// Kafka -> processor -> ClickHouse on running servers (see tests/bench/production.sh).
+    Production {
+        /// ClickHouse HTTP URL.
+        #[arg(long, default_value = "http://127.0.0.1:8123")]
+        clickhouse: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+    },
     /// Hit-to-queryable latency under a steady stream of open pixel hits.
     Freshness {
         #[arg(long, default_value_t = 2000)]
@@ -44,6 +58,7 @@ pub async fn run(command: BenchCommand, _config: Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Overview { events, dir, queries, scans } => overview(events, dir, queries, scans).await,
         BenchCommand::Freshness { rate, seconds } => freshness(rate, seconds).await,
+        BenchCommand::Production { clickhouse, brokers, events, queries } => production(clickhouse, brokers, events, queries).await,
     }
 }
 
@@ -232,4 +247,142 @@ fn lag_quantiles(text: &str) -> (f64, f64, f64) {
         f64::NAN
     };
     (q(0.5), q(0.99), count)
+}
+
+/// CPU seconds (user + system) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[derive(clickhouse::Row, serde::Serialize)]
+struct NarrowRow {
+    id: u64,
+    value: u32,
+}
+
+/// Kafka -> processor -> ClickHouse on running servers: rows per second into ClickHouse (full
+/// event rows through the store, next to narrow rows through the bare `clickhouse` crate),
+/// processor throughput per core, and overview latency from the rollups.
+async fn production(clickhouse_url: String, brokers: String, events: usize, queries: usize) -> anyhow::Result<()> {
+    use mailpipe_bus::{EventBus, KafkaBusConfig, KafkaEventBus};
+    use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
+    let run = std::process::id();
+    let config = ClickHouseStoreConfig {
+        url: clickhouse_url.clone(),
+        database: format!("bench_{run}"),
+        user: "default".into(),
+        password: String::new(),
+    };
+    ClickHouseEventStore::migrate(&config).await?;
+    let store = Arc::new(ClickHouseEventStore::new(&config));
+    println!("clickhouse {} at {clickhouse_url}, kafka at {brokers}", store.version().await?);
+
+    // Reference: the bare crate inserting narrow rows, in 1M-row inserts.
+    let client = clickhouse::Client::default()
+        .with_url(&clickhouse_url)
+        .with_database(&config.database)
+        .with_compression(clickhouse::Compression::None)
+        .with_validation(false);
+    client.query("CREATE TABLE narrow (id UInt64, value UInt32) ENGINE = MergeTree ORDER BY id").execute().await?;
+    let narrow_rows = 5_000_000u64;
+    let started = Instant::now();
+    for chunk in 0..narrow_rows / 1_000_000 {
+        let mut insert = client.insert::<NarrowRow>("narrow").await?;
+        for i in 0..1_000_000u64 {
+            insert.write(&NarrowRow { id: chunk * 1_000_000 + i, value: i as u32 }).await?;
+        }
+        insert.end().await?;
+    }
+    let narrow_rate = narrow_rows as f64 / started.elapsed().as_secs_f64();
+    println!("reference: bare clickhouse crate, narrow rows (UInt64, UInt32): {narrow_rate:.0} rows/s");
+
+    // Full event rows through the store: duplicate lookup + one insert per 20,000 events.
+    let mut generated = Vec::with_capacity(events);
+    Generator::new(Profile::sized(events), Utc::now()).run(20_000, |chunk, _| generated.extend(chunk));
+    let started = Instant::now();
+    let mut stored = 0;
+    for batch in generated.chunks(20_000) {
+        stored += store.insert(batch).await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "store.insert, full event rows (batches of 20,000, duplicate lookup included): {stored} rows in {secs:.1} s = {:.0} rows/s ({:.2}x the narrow reference)",
+        stored as f64 / secs,
+        stored as f64 / secs / narrow_rate
+    );
+    let started = Instant::now();
+    for batch in generated.chunks(20_000).take(10) {
+        assert_eq!(store.insert(batch).await?, 0, "a redelivered batch adds nothing");
+    }
+    println!(
+        "store.insert of already-stored batches (the redelivery path): {:.0} rows/s",
+        (generated.len().min(200_000)) as f64 / started.elapsed().as_secs_f64()
+    );
+
+    // Overview latency from the rollups.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let today = Utc::now().date_naive();
+    let mut latencies = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let tenant = crate::demo::DEMO_TENANTS[rng.random_range(0..3)];
+        let days = [7, 30, 90][rng.random_range(0..3)];
+        let q = OverviewQuery { from: today - Days::days(days), to: today, campaign: None, tz: chrono_tz::Europe::Paris };
+        let started = Instant::now();
+        store.query(tenant, mailpipe_store::Query::Overview(q)).await?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "overview from the rollups ({} events stored; {} queries, 7/30/90 days): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+        stored,
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99)
+    );
+
+    // The processor: the same events again under new ids, published to Kafka first, then
+    // consumed, validated and stored by the store writer.
+    for e in &mut generated {
+        e.event_id = uuid::Uuid::new_v4();
+    }
+    let bus = Arc::new(KafkaEventBus::connect(KafkaBusConfig { topic_prefix: format!("bench{run}."), ..KafkaBusConfig::new(&brokers) }).await?);
+    let started = Instant::now();
+    for batch in generated.chunks(20_000) {
+        mailpipe_ingest::publish(bus.as_ref(), batch).await?;
+    }
+    println!("published {} events to kafka in {:.1} s", generated.len(), started.elapsed().as_secs_f64());
+    let before = store.count().await?;
+    let target = before + generated.len() as u64;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let runner = mailpipe_processors::Runner {
+        bus: bus.clone() as Arc<dyn EventBus>,
+        store: store.clone(),
+        steps: vec![Box::new(mailpipe_processors::Validate)],
+        config: mailpipe_processors::RunnerConfig { group: "bench".into(), batch_max: 20_000, flush_interval: Duration::from_millis(500) },
+    };
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let task = tokio::spawn(runner.run(stop_rx));
+    while store.count().await? < target {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    stop.send_replace(true);
+    task.await??;
+    let n = generated.len() as f64;
+    println!(
+        "processor kafka -> clickhouse: {} events in {secs:.1} s = {:.0} events/s wall; processor CPU {cpu:.1} s = {:.0} events per CPU-second (per core)",
+        generated.len(),
+        n / secs,
+        n / cpu.max(1e-9)
+    );
+    client.query(&format!("DROP DATABASE IF EXISTS {}", config.database)).execute().await.ok();
+    Ok(())
 }

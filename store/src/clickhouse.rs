@@ -2,8 +2,9 @@
 //! HTTP. Raw events go to `events`; materialized views keep the rollups every typed query is
 //! answered from (`rollup_15m`, `message_firsts`, `sends`), so no query scans raw events.
 //!
-//! Exactly once: an insert first asks which of its ids the table already holds (one query per
-//! batch, on the sorting key) and writes only the others, in one block. A redelivered batch,
+//! Exactly once: an insert first asks which of its ids the table already holds (the batch's
+//! keys as a temporary table, one query on the sorting key (tenant, occurred_ms)) and writes
+//! only the others, in one block. A redelivered batch,
 //! a resubmitted event and a retry after a lost answer are all recognised this way; one
 //! partition of the bus has one writer at a time, so no two writers race on the same id.
 //!
@@ -18,7 +19,6 @@ use clickhouse::{Client, Row};
 use mailpipe_schemas::{BounceClass, Event, EventType};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
 use uuid::Uuid;
 
 /// The migrations, in order: (version, name, SQL written for a modern server).
@@ -57,20 +57,12 @@ fn overview_firsts_sql(campaign: bool) -> String {
     )
 }
 
-/// Which of these (tenant, occurred_ms, event_id) rows exist: the sorting key, so the index
-/// finds them.
-fn stored_ids_sql(events: &[&Event]) -> String {
-    let mut sql = String::with_capacity(80 + events.len() * 90);
-    sql.push_str("SELECT event_id FROM events WHERE (tenant, occurred_ms, event_id) IN (");
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
-        }
-        let _ = write!(sql, "({},{},toUUID('{}'))", quote(&e.tenant), e.occurred_at.timestamp_millis(), e.event_id);
-    }
-    sql.push(')');
-    sql
-}
+const PROBE_TABLE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS probe (tenant String, occurred_ms Int64, event_id UUID) ENGINE = Memory";
+const PROBE_CLEAR: &str = "TRUNCATE TABLE probe";
+/// Ids of the probed events that are stored: the probe's (tenant, occurred_ms) pairs go
+/// through the sorting key's index. GLOBAL, so that on a cluster the probe travels to the shards.
+const PROBE_LOOKUP: &str = "SELECT event_id FROM events WHERE (tenant, occurred_ms) GLOBAL IN (SELECT tenant, occurred_ms FROM probe) \
+    AND event_id GLOBAL IN (SELECT event_id FROM probe)";
 
 /// Every statement the store sends besides the migrations, with example values in place of
 /// its parameters: for checking them on other ClickHouse versions.
@@ -86,7 +78,6 @@ pub fn query_templates() -> Vec<String> {
         }
         out
     };
-    let e = Event::new(Uuid::from_u128(7), "acme", EventType::Open, chrono::Utc::now());
     let mut out = vec![
         MIGRATIONS_TABLE.to_string(),
         fill(RECORD_MIGRATION, &["1", "'events'", "'0123456789abcdef'", "1700000000000"]),
@@ -94,7 +85,10 @@ pub fn query_templates() -> Vec<String> {
         COUNTS.to_string(),
         fill(CAMPAIGNS, &["'acme'"]),
         fill(SEND, &["'acme'", "'m@x'"]),
-        stored_ids_sql(&[&e, &e]),
+        PROBE_TABLE.to_string(),
+        "INSERT INTO probe (tenant, occurred_ms, event_id) VALUES ('acme', 1700000000000, generateUUIDv4())".to_string(),
+        PROBE_LOOKUP.to_string(),
+        PROBE_CLEAR.to_string(),
         "SELECT version()".to_string(),
         "SELECT 1".to_string(),
     ];
@@ -107,8 +101,7 @@ pub fn query_templates() -> Vec<String> {
     out
 }
 
-/// Ids looked up per query when checking which events are stored already.
-const LOOKUP_CHUNK: usize = 5_000;
+
 
 #[derive(Clone, Debug)]
 pub struct ClickHouseStoreConfig {
@@ -120,6 +113,9 @@ pub struct ClickHouseStoreConfig {
 
 pub struct ClickHouseEventStore {
     client: Client,
+    /// A session of its own for the duplicate lookup, whose probe is a temporary table; one
+    /// lookup at a time (a ClickHouse session takes one query at a time).
+    probe: tokio::sync::Mutex<Client>,
 }
 
 /// What a server can do beyond what ClickHouse 18.16 (Debian's package) does.
@@ -237,6 +233,14 @@ impl<'a> EventRow<'a> {
     }
 }
 
+#[derive(Row, Serialize)]
+struct ProbeRow<'a> {
+    tenant: &'a str,
+    occurred_ms: i64,
+    #[serde(with = "clickhouse::serde::uuid")]
+    event_id: Uuid,
+}
+
 #[derive(Row, Deserialize)]
 struct IdRow {
     #[serde(with = "clickhouse::serde::uuid")]
@@ -274,19 +278,6 @@ struct AppliedRow {
     checksum: String,
 }
 
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
-}
-
 /// Stable across builds and platforms: FNV-1a over the migration's text.
 fn checksum(sql: &str) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -300,7 +291,9 @@ fn checksum(sql: &str) -> String {
 impl ClickHouseEventStore {
     /// Connects to the database (which must exist; `migrate` creates it).
     pub fn new(config: &ClickHouseStoreConfig) -> ClickHouseEventStore {
-        ClickHouseEventStore { client: Self::client(config).with_database(&config.database) }
+        let client = Self::client(config).with_database(&config.database);
+        let probe = client.clone().with_setting("session_id", format!("mailpipe-{}", Uuid::new_v4())).with_setting("session_timeout", "600");
+        ClickHouseEventStore { client, probe: tokio::sync::Mutex::new(probe) }
     }
 
     fn client(config: &ClickHouseStoreConfig) -> Client {
@@ -375,21 +368,23 @@ impl ClickHouseEventStore {
         Ok(now_applied)
     }
 
-    /// Ids of `events` that the table holds already.
+    /// Ids of `events` that the table holds already: the batch's keys go to ClickHouse as a
+    /// binary insert into a temporary table (a literal list of thousands costs far more to
+    /// parse than the lookup itself), then one query on the sorting key.
     async fn stored_ids(&self, events: &[&Event]) -> Result<HashSet<Uuid>, StoreError> {
-        let mut stored = HashSet::new();
-        for chunk in events.chunks(LOOKUP_CHUNK) {
-            let sql = stored_ids_sql(chunk);
-            let rows = self
-                .client
-                .query_raw(&sql)
-                .with_setting("max_query_size", (sql.len() + 1024).to_string())
-                .fetch_all::<IdRow>()
+        let probe = self.probe.lock().await;
+        probe.query(PROBE_TABLE).execute().await.map_err(engine)?;
+        probe.query(PROBE_CLEAR).execute().await.map_err(engine)?;
+        let mut insert = probe.insert::<ProbeRow<'_>>("probe").await.map_err(engine)?;
+        for e in events {
+            insert
+                .write(&ProbeRow { tenant: &e.tenant, occurred_ms: e.occurred_at.timestamp_millis(), event_id: e.event_id })
                 .await
                 .map_err(engine)?;
-            stored.extend(rows.into_iter().map(|r| r.event_id));
         }
-        Ok(stored)
+        insert.end().await.map_err(engine)?;
+        let rows = probe.query(PROBE_LOOKUP).fetch_all::<IdRow>().await.map_err(engine)?;
+        Ok(rows.into_iter().map(|r| r.event_id).collect())
     }
 
     /// Events stored, over all tenants, and how many distinct ids they have (equal unless
@@ -562,10 +557,5 @@ mod tests {
         let modern = Capabilities::of_version("24.8.4.13").render(sql);
         assert!(modern[0].contains("LowCardinality(String)") && modern[0].contains("CODEC(Delta, ZSTD(1))"));
         assert_eq!(Capabilities::of_version("24.8.4.13"), Capabilities::MODERN);
-    }
-
-    #[test]
-    fn quoted_strings_cannot_break_out() {
-        assert_eq!(quote("a'b\\c"), "'a\\'b\\\\c'");
     }
 }

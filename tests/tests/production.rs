@@ -222,3 +222,91 @@ async fn restarting_clickhouse_mid_stream_loses_and_doubles_nothing_and_poison_d
     let letter: serde_json::Value = serde_json::from_slice(&letters[0].payload).unwrap();
     assert!(letter["reason"].as_str().unwrap().contains("undecodable"), "{letter}");
 }
+
+/// Spawns one role; returns the child and its base URL once `/healthz` answers.
+async fn spawn_role(role: &str, kafka: &Kafka, ch: &ClickHouse, database: &str, dir: &std::path::Path, config: &std::path::Path) -> (Child, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg(role);
+    role_env(&mut cmd, kafka, ch, database, dir, config);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    cmd.env("MAILPIPE__HTTP__LISTEN", format!("127.0.0.1:{port}"));
+    let child = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..600 {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
+            if r.status() == 200 {
+                return (child, base);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mailpipe {role} did not become ready on {base}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_process_and_query_roles_work_together_on_kafka_and_clickhouse() {
+    let kafka = Kafka::start();
+    let ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "roles.");
+    let registry = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).env("MAILPIPE__DATA_DIR", dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    registry(&["tenants", "create", "acme"]);
+    registry(&["tenants", "create", "globex"]);
+    let write = registry(&["keys", "create", "--tenant", "acme", "--scope", "write"]);
+    let read = registry(&["keys", "create", "--tenant", "acme", "--scope", "read"]);
+    let read_globex = registry(&["keys", "create", "--tenant", "globex", "--scope", "read"]);
+
+    // `mailpipe migrate` applies the schema once.
+    let migrate = |expect: &str| {
+        let mut cmd = Command::new(binary());
+        cmd.arg("migrate");
+        role_env(&mut cmd, &kafka, &ch, "roles", dir.path(), &config);
+        let out = cmd.stdout(Stdio::piped()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains(expect), "{text}");
+    };
+    migrate("applied migrations [1, 2]");
+    migrate("up to date");
+
+    let (mut ingest, edge) = spawn_role("ingest", &kafka, &ch, "roles", dir.path(), &config).await;
+    let (mut process, _) = spawn_role("process", &kafka, &ch, "roles", dir.path(), &config).await;
+    let (mut query, api) = spawn_role("query", &kafka, &ch, "roles", dir.path(), &config).await;
+
+    let client = reqwest::Client::new();
+    let body: Vec<serde_json::Value> = (0..200)
+        .map(|i| serde_json::json!({"type": if i % 4 == 0 { "delivered" } else { "sent" }, "campaign": "spring", "message_id": format!("<{i}@x>"), "recipient": format!("r{i}@gmail.com")}))
+        .collect();
+    for _ in 0..2 {
+        // Sent twice: the second time changes nothing.
+        let res = client.post(format!("{edge}/v1/events")).bearer_auth(&write).json(&body).send().await.unwrap();
+        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    }
+    let today = Utc::now().date_naive();
+    let url = format!("{api}/v1/stats/overview?from={}&to={}", today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let mut totals = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        totals = client.get(&url).bearer_auth(&read).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["totals"].clone();
+        if totals["sent"] == 150 && totals["delivered"] == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!((totals["sent"].as_u64(), totals["delivered"].as_u64()), (Some(150), Some(50)), "{totals}");
+    let other = client.get(&url).bearer_auth(&read_globex).send().await.unwrap().json::<serde_json::Value>().await.unwrap();
+    assert_eq!(other["totals"]["sent"], 0, "another tenant's key sees none of it: {other}");
+    let campaigns = client.get(format!("{api}/v1/campaigns")).bearer_auth(&read).send().await.unwrap().text().await.unwrap();
+    assert!(campaigns.contains("spring"), "{campaigns}");
+    let metrics = client.get(format!("{edge}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("mailpipe_"), "{metrics}");
+
+    for child in [&mut ingest, &mut process, &mut query] {
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        assert!(child.wait().unwrap().success());
+    }
+}
