@@ -174,12 +174,26 @@ impl Registry {
         Ok(mailpipe_tokens::mint(&claims, &key)?)
     }
 
-    /// Verifies a tracking token against the tenant's keys, in memory.
+    /// Verifies a tracking token against the tenant's keys, in memory. A token naming a key
+    /// this process does not know makes it look whether the file changed (a tenant created or
+    /// a key rotated by another process) and try once more.
     pub fn verify(&self, token: &str, kind: Kind) -> Result<Claims, TokenError> {
-        let state = self.state.read();
-        mailpipe_tokens::verify(token, kind, |tenant, kid| {
-            state.2.get(&(tenant.to_string(), kid.to_string())).map(Vec::as_slice)
-        })
+        let attempt = |unknown_key: &std::cell::Cell<bool>| {
+            let state = self.state.read();
+            mailpipe_tokens::verify(token, kind, |tenant, kid| {
+                let key = state.2.get(&(tenant.to_string(), kid.to_string())).map(Vec::as_slice);
+                unknown_key.set(key.is_none());
+                key
+            })
+        };
+        let unknown_key = std::cell::Cell::new(false);
+        match attempt(&unknown_key) {
+            Err(_) if unknown_key.get() => {
+                self.refresh_if_changed();
+                attempt(&unknown_key)
+            }
+            result => result,
+        }
     }
 
     /// Creates an API key and returns it; only its hash is stored, so this is the one chance
@@ -305,6 +319,24 @@ mod tests {
             recipient: "r@x.test".into(),
             link: "https://x.test/".into(),
         }
+    }
+
+    #[test]
+    fn links_of_tenants_and_keys_made_by_another_process_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let edge = Registry::open(dir.path().join("registry.json")).unwrap();
+        edge.create_tenant("a").unwrap();
+        let token = edge.mint(claims("a")).unwrap();
+        // `mailpipe tenants create` / `rotate-key` run elsewhere, on the same file.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let tool = Registry::open(edge.path()).unwrap();
+        tool.create_tenant("late").unwrap();
+        tool.rotate_signing_key("a").unwrap();
+        let late = tool.mint(claims("late")).unwrap();
+        let rotated = tool.mint(claims("a")).unwrap();
+        assert_eq!(edge.verify(&late, Kind::Click).unwrap().tenant, "late");
+        assert_eq!(edge.verify(&rotated, Kind::Click).unwrap().tenant, "a");
+        assert!(edge.verify(&token, Kind::Click).is_ok(), "links signed with the old key keep working");
     }
 
     #[test]
