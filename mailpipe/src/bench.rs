@@ -44,6 +44,9 @@ pub enum BenchCommand {
         events: usize,
         #[arg(long, default_value_t = 300)]
         queries: usize,
+        /// Events per store insert (and the store writer's batch_max).
+        #[arg(long, default_value_t = 20_000)]
+        batch: usize,
     },
     /// Hit-to-queryable latency under a steady stream of open pixel hits.
     Freshness {
@@ -58,7 +61,7 @@ pub async fn run(command: BenchCommand, _config: Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Overview { events, dir, queries, scans } => overview(events, dir, queries, scans).await,
         BenchCommand::Freshness { rate, seconds } => freshness(rate, seconds).await,
-        BenchCommand::Production { clickhouse, brokers, events, queries } => production(clickhouse, brokers, events, queries).await,
+        BenchCommand::Production { clickhouse, brokers, events, queries, batch } => production(clickhouse, brokers, events, queries, batch).await,
     }
 }
 
@@ -268,7 +271,7 @@ struct NarrowRow {
 /// Kafka -> processor -> ClickHouse on running servers: rows per second into ClickHouse (full
 /// event rows through the store, next to narrow rows through the bare `clickhouse` crate),
 /// processor throughput per core, and overview latency from the rollups.
-async fn production(clickhouse_url: String, brokers: String, events: usize, queries: usize) -> anyhow::Result<()> {
+async fn production(clickhouse_url: String, brokers: String, events: usize, queries: usize, batch: usize) -> anyhow::Result<()> {
     use mailpipe_bus::{EventBus, KafkaBusConfig, KafkaEventBus};
     use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
     let run = std::process::id();
@@ -306,12 +309,12 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
     Generator::new(Profile::sized(events), Utc::now()).run(20_000, |chunk, _| generated.extend(chunk));
     let started = Instant::now();
     let mut stored = 0;
-    for batch in generated.chunks(20_000) {
-        stored += store.insert(batch).await?;
+    for chunk in generated.chunks(batch) {
+        stored += store.insert(chunk).await?;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "store.insert, full event rows (batches of 20,000, duplicate lookup included): {stored} rows in {secs:.1} s = {:.0} rows/s ({:.2}x the narrow reference)",
+        "store.insert, full event rows (batches of {batch}, duplicate lookup included): {stored} rows in {secs:.1} s = {:.0} rows/s ({:.2}x the narrow reference)",
         stored as f64 / secs,
         stored as f64 / secs / narrow_rate
     );
@@ -325,8 +328,8 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
     }
     let started = Instant::now();
     let mut live_stored = 0;
-    for batch in live.chunks(20_000) {
-        live_stored += store.insert(batch).await?;
+    for chunk in live.chunks(batch) {
+        live_stored += store.insert(chunk).await?;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -334,12 +337,12 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
         live_stored as f64 / secs
     );
     let started = Instant::now();
-    for batch in generated.chunks(20_000).take(10) {
-        assert_eq!(store.insert(batch).await?, 0, "a redelivered batch adds nothing");
+    for chunk in generated.chunks(batch).take(10) {
+        assert_eq!(store.insert(chunk).await?, 0, "a redelivered batch adds nothing");
     }
     println!(
         "store.insert of already-stored batches (the redelivery path): {:.0} rows/s",
-        (generated.len().min(200_000)) as f64 / started.elapsed().as_secs_f64()
+        (generated.len().min(10 * batch)) as f64 / started.elapsed().as_secs_f64()
     );
 
     // Overview latency from the rollups.
@@ -371,8 +374,8 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
     }
     let bus = Arc::new(KafkaEventBus::connect(KafkaBusConfig { topic_prefix: format!("bench{run}."), ..KafkaBusConfig::new(&brokers) }).await?);
     let started = Instant::now();
-    for batch in generated.chunks(20_000) {
-        mailpipe_ingest::publish(bus.as_ref(), batch).await?;
+    for chunk in generated.chunks(20_000) {
+        mailpipe_ingest::publish(bus.as_ref(), chunk).await?;
     }
     println!("published {} events to kafka in {:.1} s", generated.len(), started.elapsed().as_secs_f64());
     let before = store.count().await?;
@@ -382,7 +385,7 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
         bus: bus.clone() as Arc<dyn EventBus>,
         store: store.clone(),
         steps: vec![Box::new(mailpipe_processors::Validate)],
-        config: mailpipe_processors::RunnerConfig { group: "bench".into(), batch_max: 20_000, flush_interval: Duration::from_millis(500) },
+        config: mailpipe_processors::RunnerConfig { group: "bench".into(), batch_max: batch, flush_interval: Duration::from_millis(500) },
     };
     let cpu_before = cpu_seconds();
     let started = Instant::now();

@@ -3,7 +3,7 @@
 # clickhouse-server) and a tansu broker on free ports, then runs `mailpipe bench production`,
 # which prints rows/s into ClickHouse (next to the bare clickhouse crate with narrow rows, in
 # the same run), processor events per CPU-second, and overview latency from the rollups.
-# EVENTS=1000000 by default.
+# EVENTS=1000000 and BATCH=20000 (events per insert) by default.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mailpipe-target}"
@@ -39,4 +39,4 @@ XML
 "$TANSU" broker --listener-url tcp://127.0.0.1:$KAFKA --advertised-listener-url tcp://127.0.0.1:$KAFKA --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1 & K_PID=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$CH_HTTP/ping >/dev/null && break; sleep 0.1; done
 RUST_LOG=warn "$CARGO_TARGET_DIR/release/mailpipe" bench production \
-  --clickhouse http://127.0.0.1:$CH_HTTP --brokers 127.0.0.1:$KAFKA --events "${EVENTS:-1000000}"
+  --clickhouse http://127.0.0.1:$CH_HTTP --brokers 127.0.0.1:$KAFKA --events "${EVENTS:-1000000}" --batch "${BATCH:-20000}"
