@@ -262,6 +262,16 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Inserts `events` in batches of `batch`; returns the events stored and rows per second.
+async fn timed_inserts(store: &dyn EventStore, events: &[mailpipe_schemas::Event], batch: usize) -> anyhow::Result<(usize, f64)> {
+    let started = Instant::now();
+    let mut stored = 0;
+    for chunk in events.chunks(batch) {
+        stored += store.insert(chunk).await?;
+    }
+    Ok((stored, stored as f64 / started.elapsed().as_secs_f64()))
+}
+
 #[derive(clickhouse::Row, serde::Serialize)]
 struct NarrowRow {
     id: u64,
@@ -304,19 +314,13 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
     let narrow_rate = narrow_rows as f64 / started.elapsed().as_secs_f64();
     println!("reference: bare clickhouse crate, narrow rows (UInt64, UInt32): {narrow_rate:.0} rows/s");
 
-    // Full event rows through the store: duplicate lookup + one insert per 20,000 events.
+    // Full event rows through the store: duplicate lookup + one insert per batch.
     let mut generated = Vec::with_capacity(events);
     Generator::new(Profile::sized(events), Utc::now()).run(20_000, |chunk, _| generated.extend(chunk));
-    let started = Instant::now();
-    let mut stored = 0;
-    for chunk in generated.chunks(batch) {
-        stored += store.insert(chunk).await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let (stored, rate) = timed_inserts(store.as_ref(), &generated, batch).await?;
     println!(
-        "store.insert, full event rows (batches of {batch}, duplicate lookup included): {stored} rows in {secs:.1} s = {:.0} rows/s ({:.2}x the narrow reference)",
-        stored as f64 / secs,
-        stored as f64 / secs / narrow_rate
+        "store.insert, full event rows (batches of {batch}, duplicate lookup included): {stored} rows = {rate:.0} rows/s ({:.2}x the narrow reference)",
+        rate / narrow_rate
     );
     // Live traffic: the same events as if they were happening now, in time order, a few
     // seconds per batch (the duplicate lookup then reads a few granules).
@@ -326,16 +330,8 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
         e.event_id = uuid::Uuid::new_v4();
         e.occurred_at = now + chrono::Duration::milliseconds(i as i64 / 4);
     }
-    let started = Instant::now();
-    let mut live_stored = 0;
-    for chunk in live.chunks(batch) {
-        live_stored += store.insert(chunk).await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "store.insert, live-like traffic (the same rows, time-ordered, ~4,000 per second of event time): {live_stored} rows in {secs:.1} s = {:.0} rows/s",
-        live_stored as f64 / secs
-    );
+    let (live_stored, rate) = timed_inserts(store.as_ref(), &live, batch).await?;
+    println!("store.insert, live-like traffic (the same rows, time-ordered, ~4,000 per second of event time): {live_stored} rows = {rate:.0} rows/s");
     let started = Instant::now();
     for chunk in generated.chunks(batch).take(10) {
         assert_eq!(store.insert(chunk).await?, 0, "a redelivered batch adds nothing");

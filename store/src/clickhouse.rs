@@ -11,7 +11,7 @@
 //! Migrations live in `schemas/clickhouse/migrations`, written for a modern server; features
 //! an older server lacks (LowCardinality, column codecs) are left out when it is older.
 
-use crate::query::{Answer, CampaignSummary, DayTotals, Overview, OverviewQuery, Query, SentMessage, Totals};
+use crate::query::{Answer, CampaignSummary, Overview, OverviewQuery, Query, SentMessage, Totals};
 use crate::rollup::{message_key, BUCKET_MS};
 use crate::{EventStore, StoreError};
 use async_trait::async_trait;
@@ -394,12 +394,12 @@ impl ClickHouseEventStore {
     }
 
     async fn overview(&self, tenant: &str, q: &OverviewQuery) -> Result<Overview, StoreError> {
-        let (days, bounds) = q.day_boundaries();
+        let (_, bounds) = q.day_boundaries();
         let lo = bounds[0].div_euclid(BUCKET_MS) * BUCKET_MS;
         let hi = bounds[bounds.len() - 1].div_euclid(BUCKET_MS) * BUCKET_MS;
         let counts = overview_counts_sql(q.campaign.is_some());
         let firsts = overview_firsts_sql(q.campaign.is_some());
-        let mut daily: Vec<DayTotals> = days.iter().map(|&date| DayTotals { date, totals: Totals::default() }).collect();
+        let mut daily = q.empty_days();
         for (sql, unique) in [(counts, false), (firsts, true)] {
             let mut query = self.client.query(&sql).bind(tenant).bind(lo).bind(hi);
             if let Some(c) = &q.campaign {
@@ -410,19 +410,7 @@ impl ClickHouseEventStore {
                 add(&mut daily[day].totals, &row, unique);
             }
         }
-        let mut totals = Totals::default();
-        for d in &daily {
-            totals.add(&d.totals);
-        }
-        Ok(Overview {
-            from: q.from,
-            to: q.to,
-            tz: q.tz.name().to_string(),
-            campaign: q.campaign.clone(),
-            totals,
-            rates: totals.rates(),
-            daily,
-        })
+        Ok(q.answer(daily))
     }
 
     async fn campaigns(&self, tenant: &str) -> Result<Vec<CampaignSummary>, StoreError> {

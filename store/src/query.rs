@@ -35,6 +35,28 @@ pub enum QueryError {
 }
 
 impl OverviewQuery {
+    /// One empty day per day of the range, to be filled by a store.
+    pub fn empty_days(&self) -> Vec<DayTotals> {
+        self.day_boundaries().0.into_iter().map(|date| DayTotals { date, totals: Totals::default() }).collect()
+    }
+
+    /// The answer made of the filled days: totals and rates follow from them.
+    pub fn answer(&self, daily: Vec<DayTotals>) -> Overview {
+        let mut totals = Totals::default();
+        for d in &daily {
+            totals.add(&d.totals);
+        }
+        Overview {
+            from: self.from,
+            to: self.to,
+            tz: self.tz.name().to_string(),
+            campaign: self.campaign.clone(),
+            totals,
+            rates: totals.rates(),
+            daily,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), QueryError> {
         if self.from > self.to {
             return Err(QueryError::Reversed { from: self.from, to: self.to });

@@ -3,7 +3,7 @@
 //! open / click / unsubscribe / complaint of each message (for exact unique counts), and the
 //! ids of stored events (for idempotent inserts). It is rebuilt from the stored rows at start.
 
-use crate::query::{CampaignSummary, DayTotals, Overview, OverviewQuery, SentMessage, Totals};
+use crate::query::{CampaignSummary, Overview, OverviewQuery, SentMessage, Totals};
 use mailpipe_schemas::{BounceClass, Event, EventType};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -146,8 +146,8 @@ impl Rollup {
     }
 
     pub fn overview(&self, tenant: &str, q: &OverviewQuery) -> Overview {
-        let (days, bounds) = q.day_boundaries();
-        let mut daily: Vec<DayTotals> = days.iter().map(|&date| DayTotals { date, totals: Totals::default() }).collect();
+        let (_, bounds) = q.day_boundaries();
+        let mut daily = q.empty_days();
         if let Some(t) = self.tenants.get(tenant) {
             let lo = bounds[0].div_euclid(BUCKET_MS);
             let hi = bounds[bounds.len() - 1].div_euclid(BUCKET_MS);
@@ -163,19 +163,7 @@ impl Rollup {
                 }
             }
         }
-        let mut totals = Totals::default();
-        for d in &daily {
-            totals.add(&d.totals);
-        }
-        Overview {
-            from: q.from,
-            to: q.to,
-            tz: q.tz.name().to_string(),
-            campaign: q.campaign.clone(),
-            totals,
-            rates: totals.rates(),
-            daily,
-        }
+        q.answer(daily)
     }
 
     pub fn sent_message(&self, tenant: &str, message_id: &str) -> Option<SentMessage> {

@@ -114,14 +114,27 @@ pub async fn spawn_serve(data_dir: &Path, flush_interval_ms: u64) -> (Child, Str
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..300 {
-        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
+    wait_for_ok(&format!("{base}/healthz"), Duration::from_secs(15)).await;
+    (child, base)
+}
+
+/// Waits until `url` answers 200.
+pub async fn wait_for_ok(url: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(url).await {
             if r.status() == 200 {
-                return (child, base);
+                return;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("mailpipe serve did not come up on {base}");
+    panic!("{url} did not answer 200 within {timeout:?}");
+}
+
+/// Stops a child as an operator or supervisor does (SIGTERM) and waits for its exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    child.wait().unwrap()
 }
 pub mod servers;

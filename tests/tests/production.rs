@@ -8,11 +8,9 @@ use chrono::Utc;
 use mailpipe_bus::{commit_points, EventBus, KafkaBusConfig, KafkaEventBus, Message, DEAD_LETTER_TOPIC, EVENTS_TOPIC};
 use mailpipe_schemas::{Event, EventType};
 use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
-use mailpipe_tests::binary;
+use mailpipe_tests::{binary, terminate, wait_for_ok};
 use mailpipe_tests::servers::{ClickHouse, Kafka};
-use std::collections::{BTreeMap, HashMap};
-#[allow(unused_imports)]
-use std::collections::HashSet as _;
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -93,8 +91,8 @@ async fn kafka_keeps_order_per_key_and_resumes_from_the_committed_offsets() {
     assert_eq!(read(&mut other, 600).await.len(), 600);
 }
 
-/// Environment of a `mailpipe` role on Kafka and ClickHouse.
-fn role_env(cmd: &mut Command, kafka: &Kafka, ch: &ClickHouse, database: &str, data: &std::path::Path, config: &std::path::Path) {
+/// Environment of a `mailpipe` role on Kafka and ClickHouse, listening on a free port (returned).
+fn role_env(cmd: &mut Command, kafka: &Kafka, ch: &ClickHouse, database: &str, data: &std::path::Path, config: &std::path::Path) -> u16 {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     cmd.env("MAILPIPE_CONFIG", config)
         .env("MAILPIPE__DATA_DIR", data)
@@ -105,6 +103,7 @@ fn role_env(cmd: &mut Command, kafka: &Kafka, ch: &ClickHouse, database: &str, d
         .env("RUST_LOG", std::env::var("MAILPIPE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    port
 }
 
 fn write_config(dir: &std::path::Path, prefix: &str) -> std::path::PathBuf {
@@ -182,8 +181,7 @@ async fn killing_one_of_two_processors_mid_stream_loses_and_doubles_nothing() {
     }
     let (rows, distinct) = settle(&store, acknowledged as u64, Duration::from_secs(120)).await;
     for child in [Some(&mut second), replacement.as_mut()].into_iter().flatten() {
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let status = child.wait().unwrap();
+        let status = terminate(child);
         assert!(status.success(), "a processor stops cleanly on SIGTERM: {status}");
     }
     assert_eq!(distinct, acknowledged as u64, "every acknowledged event is stored");
@@ -220,8 +218,7 @@ async fn restarting_clickhouse_mid_stream_loses_and_doubles_nothing_and_poison_d
     }
     let store = ClickHouseEventStore::new(&ch_config(&ch, "restart"));
     let (rows, distinct) = settle(&store, acknowledged as u64, Duration::from_secs(120)).await;
-    let _ = Command::new("kill").arg("-TERM").arg(process.id().to_string()).status();
-    assert!(process.wait().unwrap().success());
+    assert!(terminate(&mut process).success());
     assert_eq!(distinct, acknowledged as u64, "every acknowledged event is stored");
     assert_eq!(rows, distinct, "and none twice");
 
@@ -239,20 +236,11 @@ async fn restarting_clickhouse_mid_stream_loses_and_doubles_nothing_and_poison_d
 async fn spawn_role(role: &str, kafka: &Kafka, ch: &ClickHouse, database: &str, dir: &std::path::Path, config: &std::path::Path) -> (Child, String) {
     let mut cmd = Command::new(binary());
     cmd.arg(role);
-    role_env(&mut cmd, kafka, ch, database, dir, config);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    cmd.env("MAILPIPE__HTTP__LISTEN", format!("127.0.0.1:{port}"));
+    let port = role_env(&mut cmd, kafka, ch, database, dir, config);
     let child = cmd.spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..600 {
-        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
-            if r.status() == 200 {
-                return (child, base);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("mailpipe {role} did not become ready on {base}");
+    wait_for_ok(&format!("{base}/readyz"), Duration::from_secs(30)).await;
+    (child, base)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +306,6 @@ async fn ingest_process_and_query_roles_work_together_on_kafka_and_clickhouse() 
     assert!(metrics.contains("mailpipe_"), "{metrics}");
 
     for child in [&mut ingest, &mut process, &mut query] {
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        assert!(child.wait().unwrap().success());
+        assert!(terminate(child).success());
     }
 }
