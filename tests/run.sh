@@ -15,6 +15,7 @@ command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v cc >/dev/null && command -v make >/dev/null || need_apt+=(build-essential)
 pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev pkg-config)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt)"
