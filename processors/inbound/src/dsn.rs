@@ -19,6 +19,11 @@ pub struct Failure {
     pub command: Option<&'static str>,
     /// Type of the Diagnostic-Code field (`smtp`, `x-unix`, ...), lowercased.
     pub diagnostic_type: Option<String>,
+    /// The reporting MTA's own words on the code: the comment of the Status field
+    /// (`Status: 4.0.0 (host name lookup failure)`).
+    pub status_comment: String,
+    /// The reason a report format states outright (a mailing list manager's notice).
+    pub reason: Option<crate::reasons::Reason>,
 }
 
 /// Per-message fields of a delivery-status report.
@@ -265,7 +270,10 @@ fn parse_fields(text: &str, out: &mut Vec<Failure>, info: &mut ReportInfo) {
                     }
                 }
                 "action" => target.action = Some(v.to_ascii_lowercase()),
-                "status" => target.status = find_status(v),
+                "status" => {
+                    target.status = find_status(v);
+                    target.status_comment = status_comment(v).to_string();
+                }
                 "remote-mta" => target.remote_mta = Some(strip_type(v).to_string()),
                 "diagnostic-code" => {
                     target.diagnostic = collapse(strip_type(v));
@@ -279,6 +287,14 @@ fn parse_fields(text: &str, out: &mut Vec<Failure>, info: &mut ReportInfo) {
         }
     }
     out.retain(|f| !f.address.is_empty());
+}
+
+/// The comment after the code in a Status field: `5.2.1 (mailbox disabled)` gives `mailbox disabled`.
+fn status_comment(v: &str) -> &str {
+    match (v.find('('), v.rfind(')')) {
+        (Some(a), Some(b)) if a < b => v[a + 1..b].trim(),
+        _ => "",
+    }
 }
 
 /// Drops the `rfc822;` / `smtp;` / `dns;` type prefix of a DSN field value.
@@ -350,13 +366,13 @@ pub fn find_failure_status(text: &str) -> Option<String> {
 }
 
 /// The most specific code quoted in the text, with its byte offset: the first one that is not
-/// generic (x.0.0, x.1.0), else the first that differs from `other`.
+/// generic (x.0.0, x.1.0) nor `other` itself, else the first that differs from `other`.
 pub fn find_specific_status(text: &str, other: &str) -> Option<(String, usize)> {
     let mut from = 0;
     let mut fallback = None;
     while let Some(s) = find_status(&text[from..]) {
         let at = from + text[from..].find(s.as_str()).unwrap_or(0);
-        if !(s.ends_with(".0.0") || s.ends_with(".1.0")) {
+        if !(s.ends_with(".0.0") || s.ends_with(".1.0") || s == other) {
             return Some((s, at));
         }
         if fallback.is_none() && s != other {
@@ -386,7 +402,7 @@ pub fn find_reply_code(text: &str) -> Option<String> {
         }
         let before_ok = i == 0 || matches!(b[i - 1], b' ' | b'\t' | b'(' | b':' | b'\n' | b'[' | b'"' | b'#');
         let after_ok = b.get(i + 3).is_none_or(|&c| matches!(c, b' ' | b'-' | b'\n' | b')' | b']' | b'"' | b':' | b','));
-        if before_ok && after_ok {
+        if before_ok && after_ok && is_reply_code(&b[i..i + 3]) {
             let code = &text[i..i + 3];
             // A 2xx greeting or "250 ok" in a transcript is not the failure; a 2xx reply with a
             // 2.x.x code is kept only for reports of success.
@@ -399,6 +415,26 @@ pub fn find_reply_code(text: &str) -> Option<String> {
         }
     }
     success.map(str::to_string)
+}
+
+/// The reply code standing right before byte `at` of the text (`421 4.4.2` gives 421 for the
+/// code at 4.4.2).
+pub fn reply_code_before(text: &str, at: usize) -> Option<String> {
+    let head = text.get(..at)?.trim_end();
+    let token = head.rsplit(|c: char| c.is_whitespace() || matches!(c, '<' | '(' | '[' | ':')).next()?;
+    (token.len() == 3).then(|| find_reply_code(token)).flatten()
+}
+
+/// Reply codes the SMTP standards define (RFC 5321, with AUTH, STARTTLS, ETRN and null MX); a
+/// number such as "542" in a reply is a local message number, not a code.
+fn is_reply_code(c: &[u8]) -> bool {
+    const CODES: &[&[u8]] = &[
+        b"211", b"214", b"220", b"221", b"235", b"250", b"251", b"252", b"421", b"432", b"450", b"451",
+        b"452", b"453", b"454", b"455", b"458", b"459", b"500", b"501", b"502", b"503", b"504", b"521",
+        b"523", b"524", b"525", b"530", b"534", b"535", b"538", b"550", b"551", b"552", b"553", b"554",
+        b"555", b"556",
+    ];
+    CODES.contains(&c)
 }
 
 /// The SMTP command a diagnostic says the failure followed.

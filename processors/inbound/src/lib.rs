@@ -6,6 +6,7 @@ pub mod arf;
 pub mod dsn;
 #[doc(hidden)]
 pub mod eval;
+mod formats;
 mod inspect;
 mod keywords;
 pub mod mime;
@@ -176,6 +177,13 @@ fn classify_message(msg: &mime::Message) -> Classification {
             return c;
         }
     }
+    if let Some(failures) = formats::failures(msg) {
+        let reporter = msg.headers.get("from").map(dsn::header_addresses).unwrap_or_default();
+        let reporter = reporter.first().and_then(|a| a.rsplit_once('@')).map(|(_, d)| d.to_string());
+        c.kind = Kind::Bounce;
+        c.recipients = failures.into_iter().map(|f| to_recipient(f, None, reporter.as_deref())).collect();
+        return c;
+    }
     if dsn::looks_like_bounce(msg) {
         let (recipients, reporting_mta) = bounce_recipients(msg);
         if !recipients.is_empty() {
@@ -278,6 +286,16 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
             }
             f.command = dsn::find_command(&f.diagnostic.to_ascii_lowercase()).or(words.and_then(|t| t.command));
         }
+        // A local program's exit status is no SMTP reply; Sendmail's transcript gives the reply
+        // it made of it ("554 5.3.0 unknown mailer error 255").
+        if let [f] = failures.as_mut_slice() {
+            if f.diagnostic_type.as_deref().is_some_and(|t| t.starts_with("x-unix")) {
+                f.reply_code = dsn::find_reply_code(&notification);
+                if let Some(s) = f.status.as_deref().filter(|s| s.ends_with(".0.0")) {
+                    f.status = dsn::find_specific_status(&notification, s).map(|(t, _)| t).filter(|t| t[..1] == s[..1]).or(f.status.take());
+                }
+            }
+        }
     }
     if failures.is_empty() {
         let failed = msg.headers.get("x-failed-recipients").map(dsn::header_addresses).unwrap_or_default();
@@ -308,11 +326,12 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
 }
 
 fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&str>) -> Recipient {
-    let reply_code = f.reply_code.clone().or_else(|| dsn::find_reply_code(&f.diagnostic));
-    // A generic x.0.0 or x.1.0 in the DSN field loses to the specific code quoted from the remote
-    // server; the words from that code on are the remote server's, the ones before it a summary.
+    // A generic x.0.0 or x.1.0 in the DSN field, or the reporter's own x.4.7 "delivery time
+    // expired" summary, loses to the specific code quoted from the remote server (the cause of
+    // the last attempt); the words from that code on are the remote server's, the ones before it
+    // a summary, and the reply code written just before it goes with it.
     let (status, words_from) = match &f.status {
-        Some(s) if s.ends_with(".0.0") || s.ends_with(".1.0") => {
+        Some(s) if s.ends_with(".0.0") || s.ends_with(".1.0") || s.ends_with(".4.7") => {
             match dsn::find_specific_status(&f.diagnostic, s) {
                 Some((t, at)) if t.starts_with(&s[..1]) => (Some(t), at),
                 _ => (Some(s.clone()), 0),
@@ -321,32 +340,36 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
         Some(s) => (Some(s.clone()), 0),
         None => (dsn::find_failure_status(&f.diagnostic).or_else(|| dsn::find_status(&f.diagnostic)), 0),
     };
+    let paired = (words_from > 0).then(|| dsn::reply_code_before(&f.diagnostic, words_from)).flatten();
+    let reply_code = paired.or(f.reply_code.clone()).or_else(|| dsn::find_reply_code(&f.diagnostic));
     let mut lower = f.diagnostic[words_from..].to_lowercase();
-    let mut reason = reasons::decide(&reasons::Evidence {
-        text: &lower,
-        status: status.as_deref(),
-        reply_code: reply_code.as_deref(),
-        action: f.action.as_deref(),
-        command: f.command,
-        diagnostic_type: f.diagnostic_type.as_deref(),
-        reporter,
-        remote: f.remote_mta.as_deref(),
-    });
+    // The comment of the Status field is the reporting MTA's own reading of the code.
+    if !f.status_comment.is_empty() {
+        lower = format!("{} {lower}", f.status_comment.to_lowercase());
+    }
+    let decide = |text: &str| {
+        reasons::decide(&reasons::Evidence {
+            text,
+            status: status.as_deref(),
+            reply_code: reply_code.as_deref(),
+            action: f.action.as_deref(),
+            command: f.command,
+            diagnostic_type: f.diagnostic_type.as_deref(),
+            reporter,
+            remote: f.remote_mta.as_deref(),
+        })
+    };
+    let mut reason = f.reason.unwrap_or_else(|| decide(&lower));
     // Nothing specific in the recipient's own lines: the report's preface may say more.
     if matches!(reason, Reason::OnHold | Reason::Undefined) {
         if let Some(n) = notification {
             lower = n.to_lowercase();
-            reason = reasons::decide(&reasons::Evidence {
-                text: &lower,
-                status: status.as_deref(),
-                reply_code: reply_code.as_deref(),
-                action: f.action.as_deref(),
-                command: f.command,
-                diagnostic_type: f.diagnostic_type.as_deref(),
-                reporter,
-                remote: f.remote_mta.as_deref(),
-            });
+            reason = decide(&lower);
         }
+    }
+    // A report that only lists the recipient under its introduction gives no cause at all.
+    if reason == Reason::OnHold && f.status_comment.is_empty() && notification.is_some_and(|n| only_lists(n, &f.diagnostic, &f.address)) {
+        reason = Reason::Undefined;
     }
     let temporary = status.as_deref().map_or_else(
         || {
@@ -369,6 +392,15 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
         remote_mta: f.remote_mta,
         diagnostic: f.diagnostic,
     }
+}
+
+/// Whether the report names the address under a line that introduces the list ("Delivery to the
+/// following recipients failed permanently:") and says nothing else of it.
+fn only_lists(notification: &str, diagnostic: &str, address: &str) -> bool {
+    let Some(at) = notification.find(address) else { return false };
+    let before = notification[..at].trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '-' | '<' | '"'));
+    let after = &notification[at + address.len()..];
+    before.ends_with(':') && !after.contains(char::is_alphanumeric) && !diagnostic.replace(address, "").contains(char::is_alphanumeric)
 }
 
 fn original_part(msg: &mime::Message) -> Option<&mime::Part> {

@@ -2,7 +2,7 @@
 // from another server says something else (Outlook.com's "mailbox unavailable" is its answer for
 // an address that does not exist; Mimecast's "security policies" rejection is its virus verdict).
 
-use crate::reasons::Reason;
+use crate::reasons::{Evidence, Reason};
 
 /// (host suffix of the reporting or the remote MTA, phrases, reason); phrases are lowercase,
 /// `a*b` as in keywords.
@@ -20,15 +20,60 @@ static BY_HOST: &[(&str, &[&str], Reason)] = &[
 
 /// The reason a known provider's own wording names, given the hosts that wrote the report and
 /// that answered the delivery attempt.
-pub fn reason(hosts: [Option<&str>; 2], text: &str) -> Option<Reason> {
-    if let Some(r) = orange_code(text) {
+pub fn reason(ev: &Evidence<'_>) -> Option<Reason> {
+    let text = ev.text;
+    if let Some(r) = orange_code(text).or_else(|| yahoo_code(text)) {
         return Some(r);
     }
-    let hosts = hosts.map(|h| h.map(|h| h.trim().trim_end_matches('.')));
+    let hosts = [ev.reporter, ev.remote].map(|h| h.map(|h| h.trim().trim_end_matches('.')));
+    let ours = |suffix: &str| hosts.iter().flatten().any(|h| host_is_within(h, suffix));
+    // A specific status code says more than these stage-bound verdicts; one with a zero subject
+    // or detail (5.0.0, 5.7.0) is generic.
+    let generic = ev.status.is_none_or(|s| s.split('.').skip(1).any(|n| n == "0"));
+    if generic && ["gmail.com", "googlemail.com", "google.com"].iter().any(|d| ours(d)) {
+        if let Some(r) = gmail_state(text) {
+            return Some(r);
+        }
+    }
+    // NTT docomo answers "550 Unknown user" after DATA when the recipient's reception settings
+    // refuse the sender; a missing mailbox is refused at RCPT.
+    if generic && ev.command == Some("DATA") && ours("docomo.ne.jp") && text.contains("unknown user") {
+        return Some(Reason::Rejected);
+    }
     BY_HOST.iter().find_map(|(suffix, phrases, reason)| {
-        let ours = hosts.iter().flatten().any(|h| host_is_within(h, suffix));
-        (ours && phrases.iter().any(|p| crate::keywords::contains(text.as_bytes(), p))).then_some(*reason)
+        (ours(suffix) && phrases.iter().any(|p| crate::keywords::contains(text.as_bytes(), p))).then_some(*reason)
     })
+}
+
+/// Gmail ends the remote server's reply it quotes with `(state N)`, the SMTP stage that failed:
+/// 6 MAIL, 8, 9 and 12 AUTH, 13 EHLO, 14 RCPT, 15, 17 and 18 DATA (after the recipients were
+/// accepted, so a refusal there is the recipient system's filter).
+fn gmail_state(text: &str) -> Option<Reason> {
+    let at = text.rfind("(state ")?;
+    let n = text[at + 7..].split(')').next()?;
+    let r = match n {
+        "6" | "8" | "9" => Reason::SystemError,
+        "12" => Reason::NoRelaying,
+        "13" => Reason::Blocked,
+        "14" => Reason::UserUnknown,
+        "15" | "17" | "18" => Reason::Filtered,
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// Yahoo's bracketed error codes (senders.yahooinc.com/smtp-error-codes).
+fn yahoo_code(text: &str) -> Option<Reason> {
+    const CODES: &[(&[u8], Reason)] = &[
+        // Deferred for the sending IP's complaint rate and volume: its reputation.
+        (b"tss04]", Reason::BadReputation),
+        // Refused because the sending IP is on a Spamhaus list.
+        (b"bl21]", Reason::Blocked),
+        (b"bl23]", Reason::Blocked),
+        (b"ph01]", Reason::PolicyViolation),
+    ];
+    let b = text.as_bytes();
+    memchr::memchr_iter(b'[', b).find_map(|at| CODES.iter().find(|(c, _)| b[at + 1..].starts_with(c)).map(|(_, r)| *r))
 }
 
 fn host_is_within(host: &str, domain: &str) -> bool {
@@ -42,9 +87,12 @@ fn host_is_within(host: &str, domain: &str) -> bool {
 /// `OUK_513`; its last three digits name the cause (Orange postmaster error codes).
 fn orange_code(text: &str) -> Option<Reason> {
     use Reason::*;
+    // Searchers built once: this runs on every diagnostic.
+    static FINDERS: std::sync::OnceLock<[memchr::memmem::Finder<'static>; 3]> = std::sync::OnceLock::new();
+    let finders = FINDERS.get_or_init(|| [b"ofr", b"lpn", b"ouk"].map(|p| memchr::memmem::Finder::new(p)));
     let b = text.as_bytes();
-    for prefix in ["ofr", "lpn", "ouk"] {
-        for (at, _) in text.match_indices(prefix) {
+    for finder in finders {
+        for at in finder.find_iter(b) {
             if at > 0 && b[at - 1].is_ascii_alphanumeric() {
                 continue;
             }
@@ -81,6 +129,20 @@ fn orange_code(text: &str) -> Option<Reason> {
 mod tests {
     use super::*;
 
+    fn reason(hosts: [Option<&str>; 2], text: &str) -> Option<Reason> {
+        let ev = Evidence {
+            text,
+            status: None,
+            reply_code: None,
+            action: None,
+            command: None,
+            diagnostic_type: None,
+            reporter: hosts[0],
+            remote: hosts[1],
+        };
+        super::reason(&ev)
+    }
+
     #[test]
     fn only_the_named_provider_is_trusted() {
         let t = "550 requested action not taken: mailbox unavailable";
@@ -94,5 +156,22 @@ mod tests {
         assert_eq!(reason([None, None], "550 5.2.0 mail rejete. mail rejected. ofr_506 [506]"), Some(Reason::SpamDetected));
         assert_eq!(reason([None, None], "too many connections, slow down. lpn105_104"), Some(Reason::TooManyConn));
         assert_eq!(reason([None, None], "see gofr_506x"), None);
+    }
+
+    #[test]
+    fn yahoo_codes_name_the_cause_wherever_they_are_quoted() {
+        let t = "421 4.7.0 [tss04] messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints";
+        assert_eq!(reason([None, None], t), Some(Reason::BadReputation));
+        assert_eq!(reason([None, None], "553 5.7.1 [bl23] connections not accepted from ip addresses on spamhaus xbl"), Some(Reason::Blocked));
+        assert_eq!(reason([None, None], "554 message not allowed - [ph01] email not accepted for policy reasons"), Some(Reason::PolicyViolation));
+        assert_eq!(reason([None, None], "550 [tss041] unknown"), None);
+    }
+
+    #[test]
+    fn gmail_states_name_the_stage() {
+        let t = "the error that the other server returned was: 554 554 5.7.0 header error (state 18).";
+        assert_eq!(reason([Some("googlemail.com"), None], t), Some(Reason::Filtered));
+        assert_eq!(reason([Some("mx.example.net"), None], t), None);
+        assert_eq!(reason([Some("googlemail.com"), None], "550 550 no such user (state 99)."), None);
     }
 }

@@ -290,7 +290,7 @@ pub fn decide(ev: &Evidence<'_>) -> Reason {
         return Reason::MailerError;
     }
     // A provider's own wording is its verdict, whatever the dialogue stage.
-    if let Some(r) = crate::providers::reason([ev.reporter, ev.remote], ev.text) {
+    if let Some(r) = crate::providers::reason(ev) {
         return r;
     }
     let r = decide_raw(ev);

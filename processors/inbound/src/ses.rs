@@ -43,6 +43,7 @@ pub fn failures(msg: &Message) -> Option<(Vec<Failure>, Option<String>)> {
             command: crate::dsn::find_command(&diagnostic.to_ascii_lowercase()),
             diagnostic,
             diagnostic_type: Some("smtp".to_string()),
+            ..Failure::default()
         });
     }
     Some((out, reporting_mta))

@@ -5,8 +5,8 @@
 use mailpipe_inbound::eval::{evaluate, load_labels, Report};
 use std::path::PathBuf;
 
-const REASON_FLOOR: f64 = 95.4;
-const HARD_BOUNCE_FLOOR: f64 = 98.8;
+const REASON_FLOOR: f64 = 98.3;
+const HARD_BOUNCE_FLOOR: f64 = 99.4;
 
 fn corpus() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/bounces");

@@ -83,3 +83,99 @@ fn an_mbox_file_with_two_reports_yields_both_recipients() {
     let quoted = one("a@example.org").replace("Your message could not be delivered.", "Your message could not be delivered.\nFrom here on: nothing");
     assert_eq!(classify(quoted.as_bytes()).unwrap().recipients.len(), 1);
 }
+
+#[test]
+fn the_status_comment_is_the_reporters_own_reading() {
+    // No Diagnostic-Code: the comment after the code is all the report says of this recipient.
+    let raw = dsn("Final-Recipient: rfc822; a@example.org\nAction: delayed\nStatus: 4.0.0 (example.org: host name lookup failure)\n");
+    let r = &classify(&raw).unwrap().recipients[0];
+    assert_eq!((r.reason, r.status.as_str()), (Reason::NetworkError, "4.0.0"));
+
+    let raw = dsn("Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 5.2.1 (mailbox disabled, not accepting messages)\nDiagnostic-Code: smtp; 550 5.2.1 <a@example.org>... User Unknown\n");
+    let r = &classify(&raw).unwrap().recipients[0];
+    assert_eq!((r.reason, r.hard_bounce), (Reason::Suspend, false));
+}
+
+#[test]
+fn an_expiry_summary_loses_to_the_remote_servers_code() {
+    let raw = dsn("Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 4.4.7\nDiagnostic-Code: smtp; 451 4.7.1 <mx.example.com[192.0.2.9]>: Client host rejected: try later\n");
+    let r = &classify(&raw).unwrap().recipients[0];
+    assert_eq!((r.reason, r.status.as_str(), r.reply_code.as_str()), (Reason::Blocked, "4.7.1", "451"));
+
+    // The reply code written with the quoted code goes with it, not the summary's.
+    let raw = dsn("Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 4.4.7\nDiagnostic-Code: smtp; 554 4.4.7 Message expired: unable to deliver in 24 hours.<421 4.4.2 Connection timed out>\n");
+    let r = &classify(&raw).unwrap().recipients[0];
+    assert_eq!((r.reason, r.status.as_str(), r.reply_code.as_str()), (Reason::Expired, "4.4.2", "421"));
+
+    let alone = dsn("Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 4.4.7\nDiagnostic-Code: smtp; delivery time expired\n");
+    assert_eq!(classify(&alone).unwrap().recipients[0].status, "4.4.7");
+}
+
+#[test]
+fn gmail_state_numbers_name_the_failed_stage() {
+    let raw = b"From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\nTo: a@example.com\n\
+Subject: Delivery Status Notification (Failure)\n\n\
+Delivery to the following recipient failed permanently:\n\n     b@example.org\n\n\
+Technical details of permanent failure:\nGoogle tried to deliver your message, but it was rejected by the recipient\n\
+domain. The error that the other server returned was: 550 550 Unknown user b@example.org (state 18).\n";
+    let r = &classify(raw).unwrap().recipients[0];
+    assert_eq!((r.address.as_str(), r.reason, r.hard_bounce), ("b@example.org", Reason::Filtered, false));
+    // The same number from anyone else means nothing.
+    let other = String::from_utf8_lossy(raw).replace("googlemail.com", "mx.example.net").replace("Unknown user", "Header error");
+    assert_ne!(classify(other.as_bytes()).unwrap().recipients[0].reason, Reason::Filtered);
+}
+
+#[test]
+fn yahoo_tss04_is_the_senders_reputation() {
+    let raw = dsn("Final-Recipient: rfc822; a@yahoo.example\nAction: failed\nStatus: 4.7.0\nRemote-MTA: dns; mta5.am0.yahoodns.net\n\
+Diagnostic-Code: smtp; 421 4.7.0 [TSS04] Messages from 192.0.2.7 temporarily deferred due to unexpected volume or user complaints\n");
+    assert_eq!(classify(&raw).unwrap().recipients[0].reason, Reason::BadReputation);
+}
+
+#[test]
+fn docomo_unknown_user_after_data_is_a_refusal_not_a_missing_mailbox() {
+    let msg = |diag: &str| {
+        dsn(&format!("Final-Recipient: rfc822; a@docomo.example\nAction: failed\nStatus: 5.0.0\nRemote-MTA: dns; mfsmax.docomo.ne.jp\nDiagnostic-Code: smtp; {diag}\n"))
+    };
+    let r = &classify(&msg("550 Unknown user a@docomo.example (in reply to end of DATA command)")).unwrap().recipients[0];
+    assert_eq!((r.reason, r.hard_bounce), (Reason::Rejected, false));
+    let r = &classify(&msg("550 Unknown user a@docomo.example (in reply to RCPT TO command)")).unwrap().recipients[0];
+    assert_eq!((r.reason, r.hard_bounce), (Reason::UserUnknown, true));
+}
+
+#[test]
+fn apache_james_notices_name_recipients_in_their_details() {
+    let raw = b"From: postmaster@james.example.net\nTo: a@example.com\nSubject: [BOUNCE]\n\
+Message-ID: <1.2.JavaMail.james@james.example.net>\n\n\
+Error message below:\n550 5.1.1 Requested action not taken: no such user here\n\n\
+Message details:\n  Subject: hello\n  MAIL FROM: a@example.com\n  RCPT TO: b@example.org\n  RCPT TO: c@example.org\n  Size (in bytes): 120\n";
+    let c = classify(raw).unwrap();
+    assert_eq!(c.kind, Kind::Bounce);
+    let got: Vec<(&str, Reason, &str)> = c.recipients.iter().map(|r| (r.address.as_str(), r.reason, r.reply_code.as_str())).collect();
+    assert_eq!(got, [("b@example.org", Reason::UserUnknown, "550"), ("c@example.org", Reason::UserUnknown, "550")]);
+}
+
+#[test]
+fn fml_refusals_are_bounces_of_the_list_address() {
+    let raw = b"From: cats-admin@lists.example.org\nTo: a@example.com\nSubject: You a@example.com are not member (cats ML)\n\
+Message-ID: <200101010000.FMLAAA0001.cats@lists.example.org>\nX-MLServer: fml [fml 4.0.3 release]\n\n\
+You are not a member of this mailing list <cats@lists.example.org>.\n\nOriginal mail as follows:\n\nSubject: hi\n";
+    let c = classify(raw).unwrap();
+    assert_eq!(c.kind, Kind::Bounce);
+    let r = &c.recipients[0];
+    assert_eq!((r.address.as_str(), r.reason, r.status.as_str()), ("cats@lists.example.org", Reason::Rejected, "5.0.918"));
+
+    // A post the list distributes carries the same server header but is no notice.
+    let post = b"From: bob@example.net\nTo: cats@lists.example.org\nSubject: hello <cats@lists.example.org>.\n\
+Message-ID: <abc@example.net>\nX-MLServer: fml [fml 4.0.3 release]\n\nHello <cats@lists.example.org>.\n";
+    assert_ne!(classify(post).unwrap().kind, Kind::Bounce);
+}
+
+#[test]
+fn a_bare_list_of_recipients_gives_no_reason() {
+    let raw = b"From: Mail Delivery System <>\nTo: a@example.com\nSubject: Delivery status notification\n\n\
+This is an automatically generated Delivery Status Notification.\n\n\
+Delivery to the following recipients failed permanently:\n\n   * b@example.org\n";
+    let r = &classify(raw).unwrap().recipients[0];
+    assert_eq!((r.reason, r.status.as_str()), (Reason::Undefined, "5.0.900"));
+}
