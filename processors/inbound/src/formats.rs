@@ -1,5 +1,6 @@
 // Reports of systems with a layout of their own that neither DSN fields nor the free-text reading
-// find: Apache James's notices and the fml mailing list manager's refusals.
+// find: Apache James's notices and the fml mailing list manager's refusals; and what qmail's own
+// wording says in the reports of qmail and its clones.
 
 use crate::dsn::{clean_address, collapse, is_address, Failure};
 use crate::mime::Message;
@@ -75,4 +76,34 @@ fn fml(msg: &Message) -> Option<Vec<Failure>> {
         }
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// qmail and the systems built on it (Yahoo's "Failure Notice"): qmail-send's subject, or the
+/// Received line qmail writes for the bounce it sends.
+pub fn is_qmail(msg: &Message) -> bool {
+    let h = &msg.headers;
+    h.get("subject").is_some_and(|s| matches!(s.trim(), "failure notice" | "Failure Notice"))
+        || h.get_all("received").any(|r| r.trim_start().starts_with("(qmail "))
+}
+
+/// qmail reports a failure of its own system (a mailbox it cannot open or write, a delivery
+/// program that cannot run) as "Unable to ..." in the words of qmail-local and qmail-send; it is
+/// a system error unless the recipient's words name a cause of their own (a full mailbox, an
+/// unknown user, a refused sender) or the failure came at MAIL FROM or at the greeting.
+pub fn qmail_local_error(f: &Failure) -> Option<Reason> {
+    const OWN: &[&str] = &["Unable to", "bad interpreter: No such file or directory"];
+    if !OWN.iter().any(|p| f.diagnostic.contains(p)) || matches!(f.command, Some("MAIL" | "HELO" | "EHLO" | "CONN")) {
+        return None;
+    }
+    use Reason::*;
+    let named = crate::keywords::match_text(&f.diagnostic.to_lowercase(), f.command);
+    let specific = named.is_some_and(|r| {
+        matches!(
+            r,
+            MailboxFull | MesgTooBig | ExceedLimit | Suspend | HasMoved | NoRelaying | AuthFailure | UserUnknown
+                | Filtered | RequirePtr | NotCompliantRfc | BadReputation | ContentError | Rejected | HostUnknown
+                | SpamDetected | Speeding | TooManyConn | Blocked
+        )
+    });
+    (!specific).then_some(SystemError)
 }

@@ -86,7 +86,9 @@ static TABLE: &[(Reason, &[&str])] = &[
         "spam-like", "rejecting banned content", "rejecting mail content",
     ]),
     (Reason::PolicyViolation, &[
-        "policy violation", "denied by policy", "rejected for policy reasons", "not accepted for policy reasons",
+        // A bare "policy violation" names no policy: the status code says more (5.7.0 is a
+        // security verdict); the local site's own policy is one.
+        "local policy violation", "denied by policy", "rejected for policy reasons", "not accepted for policy reasons",
         "message rejected due to local policy", "organization policy", "organizational settings",
         "email rejected due to security policies", "an illegal attachment", "attachments not allowed",
         "prohibited attachment", "header error", "header are not accepted", "closed mailing list",
@@ -292,6 +294,59 @@ static DIRECTORY_VERDICTS: &[&str] = &[
     "this user doesn't have a yahoo.com account", "this user doesn't have a ymail.com account",
     "this user doesn't have a rocketmail.com account",
 ];
+
+/// Local delivery agents, known by how they sign their messages, and the failures they name
+/// (their own message texts: dovecot deliver, mail.local, procmail, maildrop, vpopmail, vmailmgr).
+/// A message of one of them is a local delivery failure: its words decide, whatever the status
+/// code the MTA wrapped it in; any other message of it is the mailer's error.
+static LOCAL_AGENTS: &[(&[&str], &[(&str, Reason)])] = &[
+    (&["your message to <*> was automatically rejected:"], &[
+        ("not enough disk space", Reason::MailboxFull),
+        ("quota exceeded", Reason::MailboxFull),
+        ("mailbox doesn't exist: ", Reason::UserUnknown),
+    ]),
+    (&["mail.local: "], &[
+        ("disc quota exceeded", Reason::MailboxFull),
+        ("mailbox full or quota exceeded", Reason::MailboxFull),
+        ("temporary file write error", Reason::SystemError),
+        (": invalid mailbox path", Reason::UserUnknown),
+        (": unknown user:", Reason::UserUnknown),
+        (": user missing home directory", Reason::UserUnknown),
+        (": user unknown", Reason::UserUnknown),
+    ]),
+    (&["procmail: ", "/procmail "], &[
+        ("quota exceeded while writing", Reason::MailboxFull),
+        ("user over quota", Reason::MailboxFull),
+        ("service unavailable", Reason::SystemError),
+        ("no space left to finish writing", Reason::SystemFull),
+    ]),
+    (&["maildrop: "], &[
+        ("cannot find system user", Reason::UserUnknown),
+        ("invalid user specified.", Reason::UserUnknown),
+        ("maildir over quota.", Reason::MailboxFull),
+    ]),
+    (&["vdelivermail: "], &[
+        ("user does not exist, but will deliver to ", Reason::Filtered),
+        ("domain is over quota", Reason::MailboxFull),
+        ("user is over quota", Reason::MailboxFull),
+        ("account is locked email bounced", Reason::Suspend),
+        ("sorry, no mailbox here by that name.", Reason::UserUnknown),
+    ]),
+    (&["vdeliver: "], &[
+        ("delivery failed due to system quota violation", Reason::MailboxFull),
+        ("invalid or unknown base user or domain", Reason::UserUnknown),
+        ("invalid or unknown virtual user", Reason::UserUnknown),
+        ("user name does not refer to a virtual user", Reason::UserUnknown),
+    ]),
+];
+
+/// The reason a local delivery agent's message in `text` (lowercased) names; None when no agent
+/// signs it.
+pub fn local_agent(text: &str) -> Option<Reason> {
+    let hay = text.as_bytes();
+    let (_, messages) = LOCAL_AGENTS.iter().find(|(marks, _)| marks.iter().any(|m| contains(hay, m)))?;
+    Some(messages.iter().find(|(p, _)| contains(hay, p)).map_or(Reason::MailerError, |(_, r)| *r))
+}
 
 pub fn is_directory_verdict(text: &str) -> bool {
     DIRECTORY_VERDICTS.iter().any(|p| contains(text.as_bytes(), p))

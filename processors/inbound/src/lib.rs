@@ -317,6 +317,11 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
             return (vec![r], info.reporting_mta);
         }
     }
+    if formats::is_qmail(msg) {
+        for f in &mut failures {
+            f.reason = f.reason.or_else(|| formats::qmail_local_error(f));
+        }
+    }
     let single = failures.len() == 1;
     let recipients = failures
         .into_iter()

@@ -22,11 +22,19 @@ static BY_HOST: &[(&str, &[&str], Reason)] = &[
 /// that answered the delivery attempt.
 pub fn reason(ev: &Evidence<'_>) -> Option<Reason> {
     let text = ev.text;
+    let hosts = [ev.reporter, ev.remote].map(|h| h.map(|h| h.trim().trim_end_matches('.')));
+    let ours = |suffix: &str| hosts.iter().flatten().any(|h| host_is_within(h, suffix));
+    // Yahoo's own MX hosts answer the same deferral to senders it refuses for other causes
+    // (missing SPF, DKIM or DMARC) as to those with complaints: said by them, it is a refusal
+    // of the sender; quoted by another system it keeps the meaning of its code.
+    if ours("yahoodns.net") {
+        if let Some(r) = YAHOO_MX.iter().find(|(p, _)| text.contains(p)).map(|(_, r)| *r) {
+            return Some(r);
+        }
+    }
     if let Some(r) = orange_code(text).or_else(|| yahoo_code(text)) {
         return Some(r);
     }
-    let hosts = [ev.reporter, ev.remote].map(|h| h.map(|h| h.trim().trim_end_matches('.')));
-    let ours = |suffix: &str| hosts.iter().flatten().any(|h| host_is_within(h, suffix));
     // A specific status code says more than these stage-bound verdicts; one with a zero subject
     // or detail (5.0.0, 5.7.0) is generic.
     let generic = ev.status.is_none_or(|s| s.split('.').skip(1).any(|n| n == "0"));
@@ -61,6 +69,13 @@ fn gmail_state(text: &str) -> Option<Reason> {
     };
     Some(r)
 }
+
+/// Wording of Yahoo's MX hosts (*.yahoodns.net) that means a refusal of the sender there
+/// (senders.yahooinc.com/smtp-error-codes).
+static YAHOO_MX: &[(&str, Reason)] = &[
+    ("temporarily deferred due to unexpected volume or user complaints", Reason::Rejected),
+    (" will be permanently deferred", Reason::Rejected),
+];
 
 /// Yahoo's bracketed error codes (senders.yahooinc.com/smtp-error-codes).
 fn yahoo_code(text: &str) -> Option<Reason> {

@@ -282,6 +282,13 @@ pub fn decide(ev: &Evidence<'_>) -> Reason {
     if ev.action == Some("delivered") || ev.status.is_some_and(|s| s.starts_with("2.")) {
         return Reason::Delivered;
     }
+    // A local delivery agent's own message (procmail, dovecot's deliver, mail.local...) names the
+    // failure at the mailbox, after the SMTP dialogue: it decides before any status code.
+    if ev.command.is_none_or(|c| c == "DATA") {
+        if let Some(r) = crate::keywords::local_agent(ev.text) {
+            return r;
+        }
+    }
     if ev.diagnostic_type.is_some_and(|t| t.starts_with("x-unix")) {
         // A local delivery program failed; only a full mailbox is worth telling apart.
         if crate::keywords::mentions(ev.text, Reason::MailboxFull) {

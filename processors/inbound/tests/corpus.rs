@@ -5,7 +5,7 @@
 use mailpipe_inbound::eval::{evaluate, load_labels, Report};
 use std::path::PathBuf;
 
-const REASON_FLOOR: f64 = 98.3;
+const REASON_FLOOR: f64 = 99.4;
 const HARD_BOUNCE_FLOOR: f64 = 99.4;
 
 fn corpus() -> Option<PathBuf> {

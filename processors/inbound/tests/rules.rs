@@ -126,10 +126,15 @@ domain. The error that the other server returned was: 550 550 Unknown user b@exa
 }
 
 #[test]
-fn yahoo_tss04_is_the_senders_reputation() {
-    let raw = dsn("Final-Recipient: rfc822; a@yahoo.example\nAction: failed\nStatus: 4.7.0\nRemote-MTA: dns; mta5.am0.yahoodns.net\n\
-Diagnostic-Code: smtp; 421 4.7.0 [TSS04] Messages from 192.0.2.7 temporarily deferred due to unexpected volume or user complaints\n");
-    assert_eq!(classify(&raw).unwrap().recipients[0].reason, Reason::BadReputation);
+fn yahoo_tss04_is_a_refusal_at_yahoos_mx_and_reputation_elsewhere() {
+    let msg = |remote: &str| {
+        dsn(&format!("Final-Recipient: rfc822; a@yahoo.example\nAction: failed\nStatus: 4.7.0\nRemote-MTA: dns; {remote}\n\
+Diagnostic-Code: smtp; 421 4.7.0 [TSS04] Messages from 192.0.2.7 temporarily deferred due to unexpected volume or user complaints\n"))
+    };
+    // Yahoo's MX answers it to senders refused for other causes too (missing SPF, DKIM, DMARC).
+    assert_eq!(classify(&msg("mta5.am0.yahoodns.net")).unwrap().recipients[0].reason, Reason::Rejected);
+    // Quoted by any other system the code keeps its documented meaning.
+    assert_eq!(classify(&msg("mx.relay.example.net")).unwrap().recipients[0].reason, Reason::BadReputation);
 }
 
 #[test]
@@ -178,4 +183,57 @@ This is an automatically generated Delivery Status Notification.\n\n\
 Delivery to the following recipients failed permanently:\n\n   * b@example.org\n";
     let r = &classify(raw).unwrap().recipients[0];
     assert_eq!((r.reason, r.status.as_str()), (Reason::Undefined, "5.0.900"));
+}
+
+#[test]
+fn a_bare_policy_violation_is_left_to_the_status_code() {
+    let msg = |words: &str| {
+        dsn(&format!("Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 5.7.0\nDiagnostic-Code: smtp; 550 5.7.0 <a@example.org>: Recipient address rejected: {words}\n"))
+    };
+    assert_eq!(classify(&msg("Policy violation")).unwrap().recipients[0].reason, Reason::SecurityError);
+    assert_eq!(classify(&msg("Local policy violation")).unwrap().recipients[0].reason, Reason::PolicyViolation);
+    assert_eq!(classify(&msg("Denied by policy")).unwrap().recipients[0].reason, Reason::PolicyViolation);
+}
+
+#[test]
+fn a_local_delivery_agents_words_decide_over_the_status_code() {
+    let sendmail = |transcript: &str, status: &str| {
+        format!(
+            "From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.edu>\nTo: sender@example.com\nSubject: Returned mail: see transcript\n\
+MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+--b\nContent-Type: text/plain\n\n   ----- Transcript of session follows -----\n{transcript}\n\n\
+--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.edu\n\n\
+Final-Recipient: RFC822; a@mx.example.edu\nAction: failed\nStatus: {status}\n\n--b--\n"
+        )
+        .into_bytes()
+    };
+    let procmail = "554 \"|exec /usr/local/bin/procmail -f- #a\"... Service unavailable";
+    let r = &classify(&sendmail(procmail, "5.5.0")).unwrap().recipients[0];
+    assert_eq!((r.reason, r.hard_bounce), (Reason::SystemError, false));
+    let quota = "554 \"|exec /usr/local/bin/procmail -f- #a\"... procmail: Quota exceeded while writing \"/var/mail/a\"";
+    assert_eq!(classify(&sendmail(quota, "5.2.2")).unwrap().recipients[0].reason, Reason::MailboxFull);
+    // Any other failure of the agent is the mailer's.
+    let other = "554 \"|exec /usr/local/bin/procmail -f- #a\"... unknown mailer error 1";
+    assert_eq!(classify(&sendmail(other, "5.3.0")).unwrap().recipients[0].reason, Reason::MailerError);
+}
+
+#[test]
+fn qmails_own_unable_to_is_a_system_error() {
+    let qmail = |words: &str| {
+        format!(
+            "From: MAILER-DAEMON@mx.example.net\nTo: sender@example.com\nSubject: failure notice\n\n\
+Hi. This is the qmail-send program at mx.example.net.\nI'm afraid I wasn't able to deliver your message to the following addresses.\n\
+This is a permanent error; I've given up. Sorry it didn't work out.\n\n<a@example.org>:\n{words}\n\n\
+--- Below this line is a copy of the message.\n\nSubject: hi\n"
+        )
+        .into_bytes()
+    };
+    let r = &classify(&qmail("Unable to deliver message after multiple retries, giving up.")).unwrap().recipients[0];
+    assert_eq!((r.reason, r.status.as_str()), (Reason::SystemError, "5.0.930"));
+    let r = &classify(&qmail("Unable to chdir to maildir. (#4.2.1)")).unwrap().recipients[0];
+    assert_eq!(r.reason, Reason::SystemError);
+    // The recipient's own cause still wins, and other systems' "unable to" means nothing special.
+    assert_eq!(classify(&qmail("Unable to deliver: mailbox is full")).unwrap().recipients[0].reason, Reason::MailboxFull);
+    let other = String::from_utf8_lossy(&qmail("Unable to deliver message after multiple retries, giving up.")).replace("failure notice", "Undelivered Mail");
+    assert_ne!(classify(other.as_bytes()).unwrap().recipients[0].reason, Reason::SystemError);
 }
