@@ -25,7 +25,7 @@ trap cleanup EXIT
 export MAILPIPE__DATA_DIR="$WORK/data" MAILPIPE__HTTP__LISTEN=127.0.0.1:18080 MAILPIPE__HTTP__PUBLIC_URL=http://127.0.0.1:18080
 "$BIN" tenants create bench
 URL=$("$BIN" url open --tenant bench --campaign bench --message-id '<1@bench>' --recipient r@gmail.com)
-RUST_LOG=warn "$BIN" serve & MP_PID=$!
+RUST_LOG=warn "$BIN" ${ROLE:-serve} & MP_PID=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
 
 mkdir -p "$WORK/nginx"

@@ -127,7 +127,10 @@ async fn whole_records_of_an_unfinished_group_commit_are_cut_too() {
     {
         let bus = EmbeddedEventBus::open(EmbeddedBusConfig::new(dir.path())).unwrap();
         bus.publish("events", (0..3).map(msg).collect()).await.unwrap();
-        first_commit = std::fs::metadata(&path).unwrap().len();
+    }
+    first_commit = std::fs::metadata(&path).unwrap().len();
+    {
+        let bus = EmbeddedEventBus::open(EmbeddedBusConfig::new(dir.path())).unwrap();
         bus.publish("events", (3..6).map(msg).collect()).await.unwrap();
     }
     // Keep the second commit's records but not its closing mark: a write cut short by kill -9.
@@ -137,4 +140,25 @@ async fn whole_records_of_an_unfinished_group_commit_are_cut_too() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), first_commit);
     let mut sub = bus.subscribe("events", "g").await.unwrap();
     assert_eq!(drain(&mut sub).await, vec!["payload-0", "payload-1", "payload-2"]);
+}
+
+#[tokio::test]
+async fn the_zeros_written_ahead_of_the_end_are_not_records_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let bus = EmbeddedEventBus::open(EmbeddedBusConfig::new(dir.path())).unwrap();
+    bus.publish("events", (0..3).map(msg).collect()).await.unwrap();
+    // The file as a kill -9 leaves it: the records, then the zeros written ahead of them.
+    let bytes = std::fs::read(dir.path().join("events.log")).unwrap();
+    assert!(bytes.len() > 1 << 20 && bytes[bytes.len() - 4096..].iter().all(|&b| b == 0));
+    std::fs::write(crashed.path().join("events.log"), &bytes).unwrap();
+    drop(bus);
+    let whole = std::fs::metadata(dir.path().join("events.log")).unwrap().len();
+    assert!(whole < 4096 && bytes[..whole as usize] == std::fs::read(dir.path().join("events.log")).unwrap()[..]);
+
+    let bus = EmbeddedEventBus::open(EmbeddedBusConfig::new(crashed.path())).unwrap();
+    assert_eq!(std::fs::metadata(crashed.path().join("events.log")).unwrap().len(), whole);
+    bus.publish("events", vec![msg(3)]).await.unwrap();
+    let mut sub = bus.subscribe("events", "g").await.unwrap();
+    assert_eq!(drain(&mut sub).await, vec!["payload-0", "payload-1", "payload-2", "payload-3"]);
 }
