@@ -141,8 +141,10 @@ pub struct Event {
     #[serde(rename = "type")]
     pub event_type: EventType,
     /// When it happened: stated by the sending node, or the time of the tracking hit.
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub occurred_at: DateTime<Utc>,
     /// When the edge accepted it; the base of end-to-end lag.
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub received_at: DateTime<Utc>,
     pub campaign: String,
     #[serde(default)]

@@ -4,6 +4,7 @@
 mod arrow;
 mod event;
 mod inbound;
+mod rfc3339;
 
 pub use arrow::{arrow_schema, COLUMNS};
 pub use event::{derived_id, BounceClass, Envelope, Event, EventType, Provider, SCHEMA_VERSION};

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Durable pixel hits per second: mailpipe (every hit fsynced on the bus before the GIF is sent)
-# next to nginx serving empty_gif with an access log, both loaded by wrk on this machine in the
-# same run (wrk -t1 -c64; nginx with worker_processes 1). Prints requests/s for each.
+# Durable pixel hits per second: mailpipe (every hit fsynced on the bus before the GIF is sent),
+# as the ingest role alone and as `serve` (all roles in one process), next to nginx serving
+# empty_gif with an access log, all loaded by wrk on this machine in the same run (wrk -t1 -c64;
+# nginx with worker_processes 1). Prints requests/s for each.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mailpipe-target}"
@@ -22,11 +23,7 @@ WORK=$(mktemp -d)
 cleanup() { kill "${MP_PID:-}" "${NG_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-export MAILPIPE__DATA_DIR="$WORK/data" MAILPIPE__HTTP__LISTEN=127.0.0.1:18080 MAILPIPE__HTTP__PUBLIC_URL=http://127.0.0.1:18080
-"$BIN" tenants create bench
-URL=$("$BIN" url open --tenant bench --campaign bench --message-id '<1@bench>' --recipient r@gmail.com)
-RUST_LOG=warn "$BIN" ${ROLE:-serve} & MP_PID=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+export MAILPIPE__HTTP__LISTEN=127.0.0.1:18080 MAILPIPE__HTTP__PUBLIC_URL=http://127.0.0.1:18080
 
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<CONF
@@ -46,12 +43,27 @@ CONF
 sleep 0.5
 
 rate() { wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'; }
-wrk -t1 -c"$CONNECTIONS" -d3s "$URL" >/dev/null   # warm-up
-MP=$(rate "$URL")
+
+# One mailpipe role at a time on a fresh data directory: `ingest` (the role that answers
+# tracking hits in production) and `serve` (every role in one process, the processor storing
+# the hits while they arrive).
+declare -A MP STORED
+for role in ingest serve; do
+  export MAILPIPE__DATA_DIR="$WORK/data-$role"
+  "$BIN" tenants create bench >/dev/null
+  URL=$("$BIN" url open --tenant bench --campaign bench --message-id '<1@bench>' --recipient r@gmail.com)
+  RUST_LOG=warn "$BIN" "$role" & MP_PID=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+  wrk -t1 -c"$CONNECTIONS" -d3s "$URL" >/dev/null   # warm-up
+  MP[$role]=$(rate "$URL")
+  STORED[$role]=$(curl -s http://127.0.0.1:18080/metrics | awk '/^mailpipe_ingest_events_received_total\{source="open"\}/ {print $2}')
+  kill "$MP_PID"; wait "$MP_PID" 2>/dev/null || true; MP_PID=
+done
 NG=$(rate "http://127.0.0.1:18081/o/${URL##*/o/}")
-STORED=$(curl -s http://127.0.0.1:18080/metrics | awk '/^mailpipe_ingest_events_received_total\{source="open"\}/ {print $2}')
-echo "pixel hits/s, wrk -t1 -c$CONNECTIONS -d$DURATION:"
-echo "  mailpipe (durable: fdatasync before each answer): $MP"
+
+echo "pixel hits/s, wrk -t1 -c$CONNECTIONS -d$DURATION (every mailpipe answer after fdatasync of the hit):"
 echo "  nginx empty_gif + access log (worker_processes 1): $NG"
-awk -v a="$MP" -v b="$NG" 'BEGIN { printf "  ratio mailpipe / nginx: %.2f\n", a / b }'
-echo "  open events published durably by mailpipe: ${STORED:-?}"
+for role in ingest serve; do
+  awk -v r="$role" -v a="${MP[$role]}" -v b="$NG" -v n="${STORED[$role]:-?}" \
+    'BEGIN { printf "  mailpipe %-6s %10s   ratio to nginx %.2f   (%s hits published durably)\n", r, a, a / b, n }'
+done

@@ -92,14 +92,15 @@ pub struct Principal {
     pub scope: Scope,
 }
 
-type KeyCache = std::collections::HashMap<(String, String), Vec<u8>>;
+/// Signing keys by tenant, then key id: looked up by `&str` on every tracking hit.
+type KeyCache = std::collections::HashMap<String, std::collections::HashMap<String, Vec<u8>>>;
 
 fn decode_keys(state: &State) -> KeyCache {
     let mut keys = KeyCache::new();
     for t in &state.tenants {
         for k in &t.signing_keys {
             if let Ok(bytes) = URL_SAFE_NO_PAD.decode(&k.secret) {
-                keys.insert((t.id.clone(), k.kid.clone()), bytes);
+                keys.entry(t.id.clone()).or_default().insert(k.kid.clone(), bytes);
             }
         }
     }
@@ -181,7 +182,7 @@ impl Registry {
         let attempt = |unknown_key: &std::cell::Cell<bool>| {
             let state = self.state.read();
             mailpipe_tokens::verify(token, kind, |tenant, kid| {
-                let key = state.2.get(&(tenant.to_string(), kid.to_string())).map(Vec::as_slice);
+                let key = state.2.get(tenant).and_then(|keys| keys.get(kid)).map(Vec::as_slice);
                 unknown_key.set(key.is_none());
                 key
             })
