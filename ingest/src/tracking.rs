@@ -4,7 +4,7 @@
 
 use crate::IngestState;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
@@ -66,17 +66,20 @@ fn not_found() -> Response {
     no_store((StatusCode::NOT_FOUND, Html(NOT_FOUND_PAGE)).into_response())
 }
 
-pub(crate) async fn open(State(state): State<Arc<IngestState>>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+// The tracking routes take the whole request to read its headers in place: the `HeaderMap`
+// extractor would copy them on every hit.
+pub(crate) async fn open(State(state): State<Arc<IngestState>>, Path(token): Path<String>, request: Request) -> Response {
     match state.registry.verify(&token, Kind::Open) {
         Ok(claims) => {
-            record(&state, hit_event(claims, EventType::Open, &headers), "open").await;
+            record(&state, hit_event(claims, EventType::Open, request.headers()), "open").await;
         }
         Err(_) => metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "open").increment(1),
     }
-    no_store(([(header::CONTENT_TYPE, "image/gif")], PIXEL_GIF).into_response())
+    no_store(([(header::CONTENT_TYPE, "image/gif")], &PIXEL_GIF[..]).into_response())
 }
 
-pub(crate) async fn click(State(state): State<Arc<IngestState>>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+pub(crate) async fn click(State(state): State<Arc<IngestState>>, Path(token): Path<String>, request: Request) -> Response {
+    let headers = request.headers();
     let Ok(claims) = state.registry.verify(&token, Kind::Click) else {
         metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "click").increment(1);
         return not_found();
@@ -86,7 +89,7 @@ pub(crate) async fn click(State(state): State<Arc<IngestState>>, Path(token): Pa
         return not_found();
     }
     // The recipient gets their page even if the bus is down; the hit is logged as lost.
-    record(&state, hit_event(claims, EventType::Click, &headers), "click").await;
+    record(&state, hit_event(claims, EventType::Click, headers), "click").await;
     no_store((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
 }
 

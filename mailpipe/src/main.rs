@@ -124,6 +124,15 @@ enum TenantsCommand {
     ShowKey { id: String },
 }
 
+/// The async runtime: `worker_threads` threads, or one per core.
+fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    builder.enable_all().build()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
@@ -131,7 +140,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { demo } => {
             telemetry::init_logs();
             telemetry::metrics();
-            tokio::runtime::Runtime::new()?.block_on(serve(config, demo))
+            runtime(&config)?.block_on(serve(config, demo))
         }
         Command::Ingest | Command::Process | Command::Query => {
             telemetry::init_logs();
@@ -140,7 +149,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Process => mailpipe::Role::Process,
                 _ => mailpipe::Role::Query,
             };
-            tokio::runtime::Runtime::new()?.block_on(mailpipe::run_role(config, role, shutdown_signal()))
+            runtime(&config)?.block_on(mailpipe::run_role(config, role, shutdown_signal()))
         }
         Command::Migrate => {
             telemetry::init_logs();
@@ -236,7 +245,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { command } => {
-            tokio::runtime::Runtime::new()?.block_on(mailpipe::bench::run(command, config))
+            runtime(&config)?.block_on(mailpipe::bench::run(command, config))
         }
     }
 }

@@ -43,27 +43,42 @@ CONF
 sleep 0.5
 
 rate() { wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-# One mailpipe role at a time on a fresh data directory: `ingest` (the role that answers
-# tracking hits in production) and `serve` (every role in one process, the processor storing
-# the hits while they arrive).
-declare -A MP STORED
+# mailpipe as the ingest role (the role that answers tracking hits in production) and as `serve`
+# (every role in one process: the processor stores the hits while they arrive), each on a fresh
+# data directory, with as many worker threads as nginx has workers (MAILPIPE_THREADS, default 1;
+# 0 = one per core). The load and the host are noisy, so nginx and the two take turns for
+# ROUNDS rounds and the medians are compared.
+ROUNDS="${ROUNDS:-3}"
+export MAILPIPE__WORKER_THREADS="${MAILPIPE_THREADS:-1}"
+declare -A RATES STORED
 for role in ingest serve; do
   export MAILPIPE__DATA_DIR="$WORK/data-$role"
   "$BIN" tenants create bench >/dev/null
-  URL=$("$BIN" url open --tenant bench --campaign bench --message-id '<1@bench>' --recipient r@gmail.com)
-  RUST_LOG=warn "$BIN" "$role" & MP_PID=$!
-  for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
-  wrk -t1 -c"$CONNECTIONS" -d3s "$URL" >/dev/null   # warm-up
-  MP[$role]=$(rate "$URL")
-  STORED[$role]=$(curl -s http://127.0.0.1:18080/metrics | awk '/^mailpipe_ingest_events_received_total\{source="open"\}/ {print $2}')
-  kill "$MP_PID"; wait "$MP_PID" 2>/dev/null || true; MP_PID=
 done
-NG=$(rate "http://127.0.0.1:18081/o/${URL##*/o/}")
+for round in $(seq "$ROUNDS"); do
+  for role in nginx ingest serve; do
+    if [ "$role" = nginx ]; then
+      RATES[$role]+="$(rate "http://127.0.0.1:18081/o/$("$BIN" url open --tenant bench --campaign bench --message-id '<1@bench>' --recipient r@gmail.com | sed 's|.*/o/||')") "
+      continue
+    fi
+    export MAILPIPE__DATA_DIR="$WORK/data-$role"
+    URL=$("$BIN" url open --tenant bench --campaign bench --message-id '<1@bench>' --recipient r@gmail.com)
+    RUST_LOG=warn "$BIN" "$role" & MP_PID=$!
+    for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+    wrk -t1 -c"$CONNECTIONS" -d2s "$URL" >/dev/null   # warm-up
+    RATES[$role]+="$(rate "$URL") "
+    STORED[$role]=$(curl -s http://127.0.0.1:18080/metrics | awk '/^mailpipe_ingest_events_received_total\{source="open"\}/ {print $2}')
+    kill "$MP_PID"; wait "$MP_PID" 2>/dev/null || true; MP_PID=
+  done
+done
 
-echo "pixel hits/s, wrk -t1 -c$CONNECTIONS -d$DURATION (every mailpipe answer after fdatasync of the hit):"
-echo "  nginx empty_gif + access log (worker_processes 1): $NG"
+NG=$(median ${RATES[nginx]})
+echo "pixel hits/s, wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS rounds (every mailpipe answer after fdatasync of the hit):"
+echo "  nginx empty_gif + access log, worker_processes 1:   $NG   (${RATES[nginx]% })"
 for role in ingest serve; do
-  awk -v r="$role" -v a="${MP[$role]}" -v b="$NG" -v n="${STORED[$role]:-?}" \
-    'BEGIN { printf "  mailpipe %-6s %10s   ratio to nginx %.2f   (%s hits published durably)\n", r, a, a / b, n }'
+  awk -v r="$role" -v a="$(median ${RATES[$role]})" -v b="$NG" -v all="${RATES[$role]% }" -v t="$MAILPIPE__WORKER_THREADS" \
+    'BEGIN { printf "  mailpipe %-6s worker_threads %s:             %s   (%s)   ratio to nginx %.2f\n", r, t, a, all, a / b }'
 done
+echo "  hits published durably in the last round: ingest ${STORED[ingest]:-?}, serve ${STORED[serve]:-?}"

@@ -20,6 +20,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Where the embedded backends and the tenant registry keep their files.
     pub data_dir: PathBuf,
+    /// Threads running the HTTP server and the processors; 0: one per core.
+    pub worker_threads: usize,
     pub http: HttpConfig,
     pub bus: BusConfig,
     pub store: StoreConfig,
@@ -133,6 +135,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./data"),
+            worker_threads: 0,
             http: HttpConfig {
                 listen: "127.0.0.1:8080".parse().expect("valid default address"),
                 public_url: "http://127.0.0.1:8080".into(),
@@ -178,6 +181,9 @@ impl Config {
         let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.to_string() });
         if !(self.http.public_url.starts_with("http://") || self.http.public_url.starts_with("https://")) {
             return invalid("http.public_url", "must start with http:// or https://");
+        }
+        if self.worker_threads > 1024 {
+            return invalid("worker_threads", "must be at most 1024 (0: one per core)");
         }
         if self.http.max_events_per_request == 0 {
             return invalid("http.max_events_per_request", "must be at least 1");
