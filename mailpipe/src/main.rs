@@ -245,6 +245,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { command } => {
+            telemetry::init_logs();
             runtime(&config)?.block_on(mailpipe::bench::run(command, config))
         }
     }

@@ -494,7 +494,9 @@ impl EventStore for ClickHouseEventStore {
     async fn insert(&self, events: &[Event]) -> Result<usize, StoreError> {
         let mut in_batch = HashSet::with_capacity(events.len());
         let unique: Vec<&Event> = events.iter().filter(|e| in_batch.insert(e.event_id)).collect();
+        let started = std::time::Instant::now();
         let stored = self.stored_ids(&unique).await?;
+        let lookup = started.elapsed();
         let fresh: Vec<&Event> = unique.into_iter().filter(|e| !stored.contains(&e.event_id)).collect();
         if fresh.is_empty() {
             return Ok(0);
@@ -504,6 +506,7 @@ impl EventStore for ClickHouseEventStore {
             insert.write(&EventRow::of(e)).await.map_err(engine)?;
         }
         insert.end().await.map_err(engine)?;
+        tracing::debug!(rows = fresh.len(), lookup_ms = lookup.as_millis() as u64, insert_ms = (started.elapsed() - lookup).as_millis() as u64, "clickhouse insert");
         metrics::counter!("mailpipe_store_rows_written_total").increment(fresh.len() as u64);
         Ok(fresh.len())
     }
