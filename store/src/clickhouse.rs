@@ -57,6 +57,9 @@ fn overview_firsts_sql(campaign: bool) -> String {
     )
 }
 
+/// Rows per insert of a large batch: the duplicate lookup of one part overlaps the insert of the
+/// one before (the server works on both at once).
+const PART_ROWS: usize = 50_000;
 const PROBE_TABLE: &str = "CREATE TEMPORARY TABLE IF NOT EXISTS probe (tenant String, occurred_ms Int64, event_id UUID) ENGINE = Memory";
 const PROBE_CLEAR: &str = "TRUNCATE TABLE probe";
 /// Ids of the probed events that are stored: the probe's (tenant, occurred_ms) pairs go
@@ -387,6 +390,30 @@ impl ClickHouseEventStore {
         Ok(rows.into_iter().map(|r| r.event_id).collect())
     }
 
+    /// The events of `part` that the table does not hold yet.
+    async fn fresh<'e>(&self, part: &[&'e Event]) -> Result<Vec<&'e Event>, StoreError> {
+        let started = std::time::Instant::now();
+        let stored = self.stored_ids(part).await?;
+        tracing::debug!(rows = part.len(), stored = stored.len(), ms = started.elapsed().as_millis() as u64, "clickhouse duplicate lookup");
+        Ok(part.iter().copied().filter(|e| !stored.contains(&e.event_id)).collect())
+    }
+
+    /// Writes `rows` in one insert; returns how many.
+    async fn write(&self, rows: &[&Event]) -> Result<usize, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let started = std::time::Instant::now();
+        let mut insert = self.client.insert::<EventRow<'_>>("events").await.map_err(engine)?;
+        for e in rows {
+            insert.write(&EventRow::of(e)).await.map_err(engine)?;
+        }
+        insert.end().await.map_err(engine)?;
+        tracing::debug!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "clickhouse insert");
+        metrics::counter!("mailpipe_store_rows_written_total").increment(rows.len() as u64);
+        Ok(rows.len())
+    }
+
     /// Events stored, over all tenants, and how many distinct ids they have (equal unless
     /// something was stored twice).
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
@@ -491,24 +518,21 @@ fn add(t: &mut Totals, row: &CountRow, unique: bool) {
 
 #[async_trait]
 impl EventStore for ClickHouseEventStore {
+    /// Batches over `PART_ROWS` go in parts, each part's duplicate lookup running (in the probe
+    /// session) while the part before it is written.
     async fn insert(&self, events: &[Event]) -> Result<usize, StoreError> {
         let mut in_batch = HashSet::with_capacity(events.len());
         let unique: Vec<&Event> = events.iter().filter(|e| in_batch.insert(e.event_id)).collect();
-        let started = std::time::Instant::now();
-        let stored = self.stored_ids(&unique).await?;
-        let lookup = started.elapsed();
-        let fresh: Vec<&Event> = unique.into_iter().filter(|e| !stored.contains(&e.event_id)).collect();
-        if fresh.is_empty() {
-            return Ok(0);
+        let mut parts = unique.chunks(PART_ROWS);
+        let Some(first) = parts.next() else { return Ok(0) };
+        let mut fresh = self.fresh(first).await?;
+        let mut written = 0;
+        for part in parts {
+            let (n, next) = tokio::try_join!(self.write(&fresh), self.fresh(part))?;
+            written += n;
+            fresh = next;
         }
-        let mut insert = self.client.insert::<EventRow<'_>>("events").await.map_err(engine)?;
-        for e in &fresh {
-            insert.write(&EventRow::of(e)).await.map_err(engine)?;
-        }
-        insert.end().await.map_err(engine)?;
-        tracing::debug!(rows = fresh.len(), lookup_ms = lookup.as_millis() as u64, insert_ms = (started.elapsed() - lookup).as_millis() as u64, "clickhouse insert");
-        metrics::counter!("mailpipe_store_rows_written_total").increment(fresh.len() as u64);
-        Ok(fresh.len())
+        Ok(written + self.write(&fresh).await?)
     }
 
     /// Nothing to do: an insert is written by ClickHouse before it answers.

@@ -132,6 +132,21 @@ async fn clickhouse_answers_every_typed_query_like_the_embedded_store() {
     assert_eq!(clicks, vec![1, 1, 0]);
     let unique: Vec<u64> = o.daily.iter().map(|d| d.totals.unique_opens).collect();
     assert_eq!(unique, vec![0, 1, 0]);
+
+    // A batch large enough to go in parts (each part's lookup overlapping the insert of the one
+    // before), with the stored events in its middle: only the new ones go in, once.
+    let (before, _) = clickhouse.counts().await.unwrap();
+    let new: Vec<Event> = events
+        .iter()
+        .cycle()
+        .take(100_000)
+        .map(|e| Event { event_id: Uuid::new_v4(), tenant: "bulk".into(), ..e.clone() })
+        .collect();
+    let big: Vec<Event> = new[..40_000].iter().chain(&events).chain(&new[40_000..]).cloned().collect();
+    assert_eq!(clickhouse.insert(&big).await.unwrap(), 100_000);
+    assert_eq!(clickhouse.insert(&big).await.unwrap(), 0, "a redelivered large batch adds nothing");
+    let (rows, distinct) = clickhouse.counts().await.unwrap();
+    assert_eq!((rows, distinct), (before + 100_000, before + 100_000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
