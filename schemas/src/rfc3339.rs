@@ -10,7 +10,7 @@ pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Err
     match write(t, &mut buf) {
         Some(n) => s.serialize_str(std::str::from_utf8(&buf[..n]).unwrap_or_default()),
         // Years outside 0000..=9999 need chrono's wider form.
-        None => s.collect_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        None => s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
     }
 }
 

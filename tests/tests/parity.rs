@@ -217,3 +217,37 @@ fn ddl_and_queries_run_on_a_modern_clickhouse() {
     assert!(out.status.success(), "{text}\n--- SQL ---\n{sql}");
     assert!(text.contains("statements ran on ClickHouse 26"), "{text}");
 }
+
+/// The cluster DDL repeats each table's columns and each view's query (a `_local` table per
+/// shard): they must stay those of the migrations.
+#[test]
+fn the_cluster_ddl_declares_what_the_migrations_declare() {
+    let cluster = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/clickhouse/cluster.sql");
+    let cluster = std::fs::read_to_string(&cluster).unwrap_or_else(|e| panic!("{}: {e}", cluster.display()));
+    // The body of the CREATE statement that starts with `head`: the columns up to the engine,
+    // or a view's query up to its end.
+    fn body<'a>(sql: &'a str, head: &str) -> &'a str {
+        let at = sql.find(head).unwrap_or_else(|| panic!("no `{head}`"));
+        let rest = &sql[at + head.len()..];
+        let start = rest.find(if head.contains("VIEW") { "SELECT" } else { "(" }).unwrap();
+        let end = rest.find(if head.contains("VIEW") { ";" } else { "\n) ENGINE" }).unwrap();
+        &rest[start..end]
+    }
+    let mut checked = 0;
+    for (_, _, migration) in MIGRATIONS {
+        for line in migration.lines() {
+            if let Some(name) = line.strip_prefix("CREATE TABLE IF NOT EXISTS ").and_then(|l| l.split_whitespace().next()) {
+                let ours = body(migration, &format!("CREATE TABLE IF NOT EXISTS {name} "));
+                assert_eq!(ours, body(&cluster, &format!("CREATE TABLE IF NOT EXISTS {name}_local ")), "columns of {name}");
+                checked += 1;
+            }
+            if let Some(name) = line.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS ").and_then(|l| l.split_whitespace().next()) {
+                let ours = body(migration, &format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {name} "));
+                let theirs = body(&cluster, &format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {name} ")).replace("FROM events_local", "FROM events");
+                assert_eq!(ours, theirs, "query of {name}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 7, "4 tables and 3 views");
+}
