@@ -6,12 +6,19 @@ mod events;
 mod inbound;
 mod tracking;
 
+use axum::extract::Request;
+use axum::http::Method;
+use axum::response::Response;
+use axum::routing::future::RouteFuture;
 use axum::routing::{get, post};
 use axum::Router;
+use futures::future::{BoxFuture, Either};
 use mailpipe_bus::{BusError, EventBus, Message, EVENTS_TOPIC};
 use mailpipe_schemas::{Envelope, Event};
 use mailpipe_tenants::Registry;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 pub use events::{parse_events, MAX_FIELD_LEN};
 
@@ -20,6 +27,53 @@ pub struct IngestState {
     pub registry: Arc<Registry>,
     pub max_events_per_request: usize,
     pub max_body_bytes: usize,
+    hits: tracking::HitCounters,
+}
+
+impl IngestState {
+    /// Metric handles are taken here, once: install the metrics recorder before.
+    pub fn new(bus: Arc<dyn EventBus>, registry: Arc<Registry>, max_events_per_request: usize, max_body_bytes: usize) -> Self {
+        IngestState { bus, registry, max_events_per_request, max_body_bytes, hits: tracking::HitCounters::new() }
+    }
+}
+
+/// The edge's HTTP service: the ingest routes and `others` (ops endpoints, or the query API when
+/// every role runs in one process). `GET /o/{token}` is answered before routing: it is the
+/// hottest path (every open of every mail) and needs none of the router's work.
+pub fn edge(state: Arc<IngestState>, others: Router) -> Edge {
+    Edge { router: router(state.clone()).merge(others), state }
+}
+
+#[derive(Clone)]
+pub struct Edge {
+    state: Arc<IngestState>,
+    router: Router,
+}
+
+impl tower_service::Service<Request> for Edge {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // Only plain tokens (base64url, as minted) take the short way; anything else (percent
+        // escapes, more path segments) goes through the router like every other request.
+        let token = request.uri().path().strip_prefix("/o/").filter(|t| {
+            !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+        });
+        match token {
+            Some(token) if request.method() == Method::GET => {
+                let state = self.state.clone();
+                let token = token.to_string();
+                Either::Left(Box::pin(async move { Ok(tracking::pixel(&state, &token, request.headers()).await) }))
+            }
+            _ => Either::Right(self.router.call(request)),
+        }
+    }
 }
 
 pub fn router(state: Arc<IngestState>) -> Router {

@@ -43,15 +43,37 @@ fn hit_event(claims: Claims, event_type: EventType, headers: &HeaderMap) -> Even
     }
 }
 
-async fn record(state: &IngestState, event: Event, source: &'static str) -> bool {
+/// Counters of tracking hits by source, registered once rather than looked up per hit.
+pub(crate) struct HitCounters {
+    received: [metrics::Counter; 3],
+    failed: [metrics::Counter; 3],
+}
+
+const SOURCES: [&str; 3] = ["open", "click", "unsubscribe"];
+
+impl HitCounters {
+    pub(crate) fn new() -> Self {
+        HitCounters {
+            received: SOURCES.map(|s| metrics::counter!("mailpipe_ingest_events_received_total", "source" => s)),
+            failed: SOURCES.map(|s| metrics::counter!("mailpipe_ingest_publish_failures_total", "source" => s)),
+        }
+    }
+}
+
+async fn record(state: &IngestState, event: Event) -> bool {
+    let source = match event.event_type {
+        EventType::Click => 1,
+        EventType::Unsubscribe => 2,
+        _ => 0,
+    };
     match crate::publish(state.bus.as_ref(), std::slice::from_ref(&event)).await {
         Ok(()) => {
-            metrics::counter!("mailpipe_ingest_events_received_total", "source" => source).increment(1);
+            state.hits.received[source].increment(1);
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, source, "publishing tracking hit failed");
-            metrics::counter!("mailpipe_ingest_publish_failures_total", "source" => source).increment(1);
+            tracing::error!(error = %e, source = SOURCES[source], "publishing tracking hit failed");
+            state.hits.failed[source].increment(1);
             false
         }
     }
@@ -69,9 +91,14 @@ fn not_found() -> Response {
 // The tracking routes take the whole request to read its headers in place: the `HeaderMap`
 // extractor would copy them on every hit.
 pub(crate) async fn open(State(state): State<Arc<IngestState>>, Path(token): Path<String>, request: Request) -> Response {
-    match state.registry.verify(&token, Kind::Open) {
+    pixel(&state, &token, request.headers()).await
+}
+
+/// The open pixel: always the GIF, whatever the token; only a valid token's hit is recorded.
+pub(crate) async fn pixel(state: &IngestState, token: &str, headers: &HeaderMap) -> Response {
+    match state.registry.verify(token, Kind::Open) {
         Ok(claims) => {
-            record(&state, hit_event(claims, EventType::Open, request.headers()), "open").await;
+            record(state, hit_event(claims, EventType::Open, headers)).await;
         }
         Err(_) => metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "open").increment(1),
     }
@@ -89,7 +116,7 @@ pub(crate) async fn click(State(state): State<Arc<IngestState>>, Path(token): Pa
         return not_found();
     }
     // The recipient gets their page even if the bus is down; the hit is logged as lost.
-    record(&state, hit_event(claims, EventType::Click, headers), "click").await;
+    record(&state, hit_event(claims, EventType::Click, headers)).await;
     no_store((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
 }
 
@@ -124,7 +151,7 @@ pub(crate) async fn unsubscribe(
     if !one_click {
         return (StatusCode::BAD_REQUEST, "expected the body List-Unsubscribe=One-Click (RFC 8058)\n").into_response();
     }
-    if !record(&state, hit_event(claims, EventType::Unsubscribe, &headers), "unsubscribe").await {
+    if !record(&state, hit_event(claims, EventType::Unsubscribe, &headers)).await {
         return (StatusCode::SERVICE_UNAVAILABLE, "please try again in a minute\n").into_response();
     }
     no_store(Html("<!doctype html><meta charset=utf-8><title>Unsubscribed</title><p>You are unsubscribed.</p>").into_response())

@@ -7,18 +7,20 @@ pub mod demo;
 pub mod telemetry;
 
 use anyhow::Context;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Router, ServiceExt};
 use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus, EventBus, KafkaBusConfig, KafkaEventBus};
 use mailpipe_config::{BusConfig, Config, StoreConfig};
 use mailpipe_processors::{InboundRunner, Runner, RunnerConfig, Validate};
 use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
 use mailpipe_store::datafusion::{DataFusionEventStore, DataFusionStoreConfig};
 use mailpipe_store::EventStore;
+use mailpipe_ingest::IngestState;
 use mailpipe_tenants::Registry;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,42 +97,42 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
     telemetry::metrics();
     let listener = TcpListener::bind(config.http.listen).await.with_context(|| format!("listening on {}", config.http.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let app = match role {
+    let mut processors = None;
+    let server = match role {
         Role::Ingest => {
             let bus = open_bus(&config).await?;
             let registry = Arc::new(Registry::open(config.registry_path())?);
-            ingest_router(&config, bus.clone(), registry).merge(ops_router(Some(bus), None))
+            serve_until(listener, edge(&config, bus.clone(), registry, ops_router(Some(bus), None)), stop_rx)
         }
         Role::Query => {
             let store = open_store(&config).await?;
             let registry = Arc::new(Registry::open(config.registry_path())?);
-            query_router(store.clone(), registry).merge(ops_router(None, Some(store)))
+            serve_until(listener, query_router(store.clone(), registry).merge(ops_router(None, Some(store))), stop_rx)
         }
         Role::Process => {
             let bus = open_bus(&config).await?;
             let store = open_store(&config).await?;
-            let processors = Processors::start(&config, bus.clone(), store.clone());
-            let router = ops_router(Some(bus), Some(store));
-            let server = serve_until(listener, router, stop_rx);
-            tracing::info!(role = ?role, addr = %config.http.listen, "mailpipe role running");
-            shutdown.await;
-            processors.stop().await?;
-            stop_tx.send_replace(true);
-            server.await.context("http server task")??;
-            return Ok(());
+            processors = Some(Processors::start(&config, bus.clone(), store.clone()));
+            serve_until(listener, ops_router(Some(bus), Some(store)), stop_rx)
         }
     };
-    let server = serve_until(listener, app, stop_rx);
     tracing::info!(role = ?role, addr = %config.http.listen, "mailpipe role running");
     shutdown.await;
+    if let Some(processors) = processors {
+        processors.stop().await?;
+    }
     stop_tx.send_replace(true);
     server.await.context("http server task")??;
     Ok(())
 }
 
-fn serve_until(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>> {
+fn serve_until<S>(listener: TcpListener, app: S, mut stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>>
+where
+    S: tower_service::Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
     tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service())
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             })
@@ -138,13 +140,10 @@ fn serve_until(listener: TcpListener, app: Router, mut stop: watch::Receiver<boo
     })
 }
 
-fn ingest_router(config: &Config, bus: Arc<dyn EventBus>, registry: Arc<Registry>) -> Router {
-    mailpipe_ingest::router(Arc::new(mailpipe_ingest::IngestState {
-        bus,
-        registry,
-        max_events_per_request: config.http.max_events_per_request,
-        max_body_bytes: config.http.max_body_bytes,
-    }))
+/// The ingest routes with `others` beside them.
+fn edge(config: &Config, bus: Arc<dyn EventBus>, registry: Arc<Registry>, others: Router) -> mailpipe_ingest::Edge {
+    let state = IngestState::new(bus, registry, config.http.max_events_per_request, config.http.max_body_bytes);
+    mailpipe_ingest::edge(Arc::new(state), others)
 }
 
 fn query_router(store: Arc<dyn EventStore>, registry: Arc<Registry>) -> Router {
@@ -208,10 +207,11 @@ impl App {
         Ok(App { config, bus, store, registry })
     }
 
-    pub fn router(&self) -> Router {
-        ingest_router(&self.config, self.bus.clone(), self.registry.clone())
-            .merge(query_router(self.store.clone(), self.registry.clone()))
-            .merge(ops_router(Some(self.bus.clone()), Some(self.store.clone())))
+    /// Every role's HTTP routes in one service.
+    pub fn service(&self) -> mailpipe_ingest::Edge {
+        let others = query_router(self.store.clone(), self.registry.clone())
+            .merge(ops_router(Some(self.bus.clone()), Some(self.store.clone())));
+        edge(&self.config, self.bus.clone(), self.registry.clone(), others)
     }
 
     /// Serves on `listener` and runs the processors until `Running::shutdown`.
@@ -219,7 +219,7 @@ impl App {
         let addr = listener.local_addr()?;
         let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let server = serve_until(listener, self.router(), stop_rx);
+        let server = serve_until(listener, self.service(), stop_rx);
         tracing::info!(%addr, "mailpipe serving");
         Ok(Running { addr, stop, server, processors, app: self })
     }

@@ -194,7 +194,7 @@ fn ddl_and_queries_run_on_a_modern_clickhouse() {
         }
     }
     // The cluster DDL needs a cluster and Keeper to execute: here it must parse.
-    let cluster = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/clickhouse/cluster.sql");
+    let cluster = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../deploy/clickhouse/cluster.sql");
     let cluster = std::fs::read_to_string(&cluster).unwrap_or_else(|e| panic!("{}: {e}", cluster.display()));
     for statement in Capabilities::MODERN.render(&cluster) {
         sql.push_str(&format!("EXPLAIN AST {statement};\n"));
@@ -222,7 +222,7 @@ fn ddl_and_queries_run_on_a_modern_clickhouse() {
 /// shard): they must stay those of the migrations.
 #[test]
 fn the_cluster_ddl_declares_what_the_migrations_declare() {
-    let cluster = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/clickhouse/cluster.sql");
+    let cluster = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../deploy/clickhouse/cluster.sql");
     let cluster = std::fs::read_to_string(&cluster).unwrap_or_else(|e| panic!("{}: {e}", cluster.display()));
     // The body of the CREATE statement that starts with `head`: the columns up to the engine,
     // or a view's query up to its end.

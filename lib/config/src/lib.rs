@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn the_example_config_parses_and_equals_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mailpipe.example.toml");
+        let path = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../deploy/mailpipe.example.toml");
         figment::Jail::expect_with(|_| {
             assert_eq!(Config::load(Some(&path)).unwrap(), Config::default());
             Ok(())

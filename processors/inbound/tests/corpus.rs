@@ -9,7 +9,7 @@ const REASON_FLOOR: f64 = 99.4;
 const HARD_BOUNCE_FLOOR: f64 = 99.4;
 
 fn corpus() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/bounces");
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../../shared/corpus/bounces");
     dir.join("labels.jsonl").exists().then_some(dir)
 }
 

@@ -19,7 +19,7 @@ impl Rng {
 }
 
 fn seeds() -> Vec<Vec<u8>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let mut out = Vec::new();
     for dir in [root.join("../../../shared/corpus/bounces/messages"), root.join("tests/fixtures")] {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
