@@ -62,18 +62,21 @@ impl tower_service::Service<Request> for Edge {
     fn call(&mut self, request: Request) -> Self::Future {
         // Only plain tokens (base64url, as minted) take the short way; anything else (percent
         // escapes, more path segments) goes through the router like every other request.
-        let token = request.uri().path().strip_prefix("/o/").filter(|t| {
-            !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
-        });
-        match token {
-            Some(token) if request.method() == Method::GET => {
-                let state = self.state.clone();
-                let token = token.to_string();
-                Either::Left(Box::pin(async move { Ok(tracking::pixel(&state, &token, request.headers()).await) }))
-            }
-            _ => Either::Right(self.router.call(request)),
+        if request.method() == Method::GET && is_plain_pixel_path(request.uri().path()) {
+            let state = self.state.clone();
+            return Either::Left(Box::pin(async move {
+                let token = &request.uri().path()["/o/".len()..];
+                Ok(tracking::pixel(&state, token, request.headers()).await)
+            }));
         }
+        Either::Right(self.router.call(request))
     }
+}
+
+/// Whether `path` is `/o/{token}` with the token written as minted (base64url, no escapes).
+fn is_plain_pixel_path(path: &str) -> bool {
+    path.strip_prefix("/o/")
+        .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'='))
 }
 
 pub fn router(state: Arc<IngestState>) -> Router {
