@@ -32,7 +32,7 @@ pub(crate) async fn post_events(
         metrics::counter!("mailpipe_ingest_requests_rejected_total").increment(1);
         ApiError { status: StatusCode::BAD_REQUEST, errors }
     })?;
-    crate::publish(state.bus.as_ref(), &events).await.map_err(|e| {
+    state.durable(crate::publish(state.bus.as_ref(), &events)).await.map_err(|e| {
         tracing::error!(error = %e, "publishing reported events failed");
         ApiError::unavailable("the event bus cannot take writes right now; retry")
     })?;

@@ -30,7 +30,7 @@ pub(crate) async fn post_inbound(
         received_at: chrono::Utc::now(),
     };
     let message = Message { key: envelope.inbound_id.as_bytes().to_vec(), payload: envelope.encode(&body) };
-    state.bus.publish(INBOUND_TOPIC, vec![message]).await.map_err(|e| {
+    state.durable(state.bus.publish(INBOUND_TOPIC, vec![message])).await.map_err(|e| {
         tracing::error!(error = %e, "publishing inbound mail failed");
         ApiError::unavailable("the event bus cannot take writes right now; retry")
     })?;

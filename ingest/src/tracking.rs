@@ -66,7 +66,7 @@ async fn record(state: &IngestState, event: Event) -> bool {
         EventType::Unsubscribe => 2,
         _ => 0,
     };
-    match crate::publish(state.bus.as_ref(), std::slice::from_ref(&event)).await {
+    match state.durable(crate::publish(state.bus.as_ref(), std::slice::from_ref(&event))).await {
         Ok(()) => {
             state.hits.received[source].increment(1);
             true

@@ -102,7 +102,7 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
         Role::Ingest => {
             let bus = open_bus(&config).await?;
             let registry = Arc::new(Registry::open(config.registry_path())?);
-            serve_until(listener, edge(&config, bus.clone(), registry, ops_router(Some(bus), None)), stop_rx)
+            serve_edge_until(listener, edge(&config, bus.clone(), registry, ops_router(Some(bus), None)), config.http.busy_poll, stop_rx)
         }
         Role::Query => {
             let store = open_store(&config).await?;
@@ -137,6 +137,19 @@ where
                 let _ = stop.wait_for(|stop| *stop).await;
             })
             .await
+    })
+}
+
+/// The edge's server, with its busy-poller (`http.busy_poll`) running for as long as it serves.
+fn serve_edge_until(listener: TcpListener, edge: mailpipe_ingest::Edge, busy_poll: bool, stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>> {
+    let poller = busy_poll.then(|| tokio::spawn(edge.busy_poll()));
+    let server = serve_until(listener, edge, stop);
+    tokio::spawn(async move {
+        let result = server.await;
+        if let Some(poller) = poller {
+            poller.abort();
+        }
+        result?
     })
 }
 
@@ -219,7 +232,7 @@ impl App {
         let addr = listener.local_addr()?;
         let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let server = serve_until(listener, self.service(), stop_rx);
+        let server = serve_edge_until(listener, self.service(), self.config.http.busy_poll, stop_rx);
         tracing::info!(%addr, "mailpipe serving");
         Ok(Running { addr, stop, server, processors, app: self })
     }

@@ -38,6 +38,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most events one `POST /v1/events` may carry.
     pub max_events_per_request: usize,
+    /// Keep an HTTP worker polling instead of sleeping while many requests wait for the bus
+    /// (heavy load only): more answers per second, a busy CPU while the load lasts.
+    pub busy_poll: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,6 +144,7 @@ impl Default for Config {
                 public_url: "http://127.0.0.1:8080".into(),
                 max_body_bytes: 10 << 20,
                 max_events_per_request: 10_000,
+                busy_poll: true,
             },
             bus: BusConfig::Embedded,
             store: StoreConfig::Datafusion { compact_after_files: 16 },
