@@ -102,7 +102,7 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
         Role::Ingest => {
             let bus = open_bus(&config).await?;
             let registry = Arc::new(Registry::open(config.registry_path())?);
-            serve_edge_until(listener, edge(&config, bus.clone(), registry, ops_router(Some(bus), None)), config.http.busy_poll, stop_rx)
+            serve_edge_until(listener, edge(&config, bus.clone(), registry, ops_router(Some(bus), None)), busy_poll(&config), stop_rx)
         }
         Role::Query => {
             let store = open_store(&config).await?;
@@ -138,6 +138,11 @@ where
             })
             .await
     })
+}
+
+/// Whether the edge busy-polls, on this machine (`http.busy_poll`).
+fn busy_poll(config: &Config) -> bool {
+    config.busy_poll(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The edge's server, with its busy-poller (`http.busy_poll`) running for as long as it serves.
@@ -232,7 +237,7 @@ impl App {
         let addr = listener.local_addr()?;
         let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let server = serve_edge_until(listener, self.service(), self.config.http.busy_poll, stop_rx);
+        let server = serve_edge_until(listener, self.service(), busy_poll(&self.config), stop_rx);
         tracing::info!(%addr, "mailpipe serving");
         Ok(Running { addr, stop, server, processors, app: self })
     }

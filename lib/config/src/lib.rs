@@ -40,7 +40,19 @@ pub struct HttpConfig {
     pub max_events_per_request: usize,
     /// Keep an HTTP worker polling instead of sleeping while many requests wait for the bus
     /// (heavy load only): more answers per second, a busy CPU while the load lasts.
-    pub busy_poll: bool,
+    pub busy_poll: BusyPoll,
+}
+
+/// `http.busy_poll`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusyPoll {
+    /// Only when the worker threads leave a core free (`worker_threads` set below the number of
+    /// cores): polling gains only on a core of its own, and loses when it takes one from the
+    /// other workers.
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -144,7 +156,7 @@ impl Default for Config {
                 public_url: "http://127.0.0.1:8080".into(),
                 max_body_bytes: 10 << 20,
                 max_events_per_request: 10_000,
-                busy_poll: true,
+                busy_poll: BusyPoll::Auto,
             },
             bus: BusConfig::Embedded,
             store: StoreConfig::Datafusion { compact_after_files: 16 },
@@ -179,6 +191,15 @@ impl Config {
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Whether the edge busy-polls (`http.busy_poll`) on a machine with `cores` cores.
+    pub fn busy_poll(&self, cores: usize) -> bool {
+        match self.http.busy_poll {
+            BusyPoll::On => true,
+            BusyPoll::Off => false,
+            BusyPoll::Auto => self.worker_threads > 0 && self.worker_threads < cores,
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -264,6 +285,24 @@ mod tests {
             jail.set_env("MAILPIPE__PROCESSOR__BATCH_MAX", "0");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("processor.batch_max"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn busy_polling_is_automatic_only_with_a_core_to_spare() {
+        let with = |worker_threads, busy_poll| Config { worker_threads, http: HttpConfig { busy_poll, ..Config::default().http }, ..Config::default() };
+        assert!(!with(0, BusyPoll::Auto).busy_poll(2), "one worker per core: no core to spare");
+        assert!(!with(2, BusyPoll::Auto).busy_poll(2));
+        assert!(with(1, BusyPoll::Auto).busy_poll(2));
+        assert!(with(2, BusyPoll::On).busy_poll(2));
+        assert!(!with(1, BusyPoll::Off).busy_poll(2));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MAILPIPE__HTTP__BUSY_POLL", "off");
+            assert_eq!(Config::load(None).unwrap().http.busy_poll, BusyPoll::Off);
+            jail.set_env("MAILPIPE__HTTP__BUSY_POLL", "sometimes");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("http.busy_poll") && err.contains("`auto`"), "{err}");
             Ok(())
         });
     }
