@@ -11,7 +11,9 @@ use chrono::{Duration as Days, Utc};
 use clap::Subcommand;
 use mailpipe_config::Config;
 use mailpipe_store::datafusion::{DataFusionEventStore, DataFusionStoreConfig};
-use mailpipe_store::{EventStore, OverviewQuery};
+use mailpipe_query::dashboards::campaigns::{self, Campaigns};
+use mailpipe_query::dashboards::Dashboard;
+use mailpipe_store::{Aggregate, EventStore, Filters, Frame, Grain, Measure};
 use mailpipe_tokens::{Claims, Kind};
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
@@ -65,6 +67,12 @@ pub async fn run(command: BenchCommand, _config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// The question the overview dashboard asks: daily counts of every kind in a range.
+fn overview_aggregate(from: chrono::NaiveDate, to: chrono::NaiveDate, tz: chrono_tz::Tz, campaign: Option<String>) -> Aggregate {
+    let measures = Measure::all().into_iter().filter(|m| !m.needs_raw_rows()).collect();
+    Aggregate { frame: Some(Frame::new(from, to, tz, Grain::Day)), filters: Filters { campaign, variant: None }, group_by: vec![], measures }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -110,10 +118,13 @@ async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> 
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let campaigns = match store.query("acme", mailpipe_store::Query::Campaigns).await? {
-        mailpipe_store::Answer::Campaigns(c) => c.into_iter().map(|c| c.campaign).collect::<Vec<_>>(),
-        _ => Vec::new(),
-    };
+    let campaigns: Vec<String> = Campaigns::answer(store.as_ref(), "acme", campaigns::Params {})
+        .await
+        .map_err(|e| anyhow::anyhow!("campaigns: {:?}", e.errors))?
+        .campaigns
+        .into_iter()
+        .map(|c| c.campaign)
+        .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let today = Utc::now().date_naive();
     let zones = ["UTC", "America/New_York", "Europe/Paris", "Asia/Kolkata"];
@@ -145,14 +156,11 @@ async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> 
 
     let mut scan_ms = Vec::new();
     for (days, campaign, tz) in plan.iter().take(scans) {
-        let q = OverviewQuery { from: today - Days::days(days - 1), to: today, campaign: campaign.clone(), tz: tz.parse().unwrap_or(chrono_tz::UTC) };
+        let q = overview_aggregate(today - Days::days(days - 1), today, tz.parse().unwrap_or(chrono_tz::UTC), campaign.clone());
         let t = Instant::now();
-        let scanned = store.scan_totals("acme", &q).await?;
+        let scanned = store.scan("acme", &q).await?;
         scan_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        let rolled = match store.query("acme", mailpipe_store::Query::Overview(q)).await? {
-            mailpipe_store::Answer::Overview(o) => o.totals,
-            _ => unreachable!("overview answers an overview"),
-        };
+        let rolled = store.aggregate("acme", &q).await?;
         anyhow::ensure!(scanned == rolled, "rollup and raw scan disagree: {rolled:?} vs {scanned:?}");
     }
     scan_ms.sort_by(f64::total_cmp);
@@ -348,9 +356,9 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
     for _ in 0..queries {
         let tenant = crate::demo::DEMO_TENANTS[rng.random_range(0..3)];
         let days = [7, 30, 90][rng.random_range(0..3)];
-        let q = OverviewQuery { from: today - Days::days(days), to: today, campaign: None, tz: chrono_tz::Europe::Paris };
+        let q = overview_aggregate(today - Days::days(days), today, chrono_tz::Europe::Paris, None);
         let started = Instant::now();
-        store.query(tenant, mailpipe_store::Query::Overview(q)).await?;
+        store.aggregate(tenant, &q).await?;
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     latencies.sort_by(f64::total_cmp);

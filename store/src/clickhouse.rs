@@ -1,6 +1,8 @@
 //! The ClickHouse backend (feature `clickhouse`), through the official `clickhouse` crate over
-//! HTTP. Raw events go to `events`; materialized views keep the rollups every typed query is
-//! answered from (`rollup_15m`, `message_firsts`, `sends`), so no query scans raw events.
+//! HTTP. Raw events go to `events`; materialized views keep the aggregate tables (`rollup_15m`,
+//! `message_firsts`, `sends`). An `Aggregate` compiles to SQL over `rollup_15m` (counts),
+//! `message_firsts` restricted to the messages with an event in the range (first events), and
+//! raw `events` (distinct recipients), with the shared buckets and row shape of `aggregate::sql`.
 //!
 //! Exactly once: an insert first asks which of its ids the table already holds (the batch's
 //! keys as a temporary table, one query on the sorting key (tenant, occurred_ms)) and writes
@@ -11,12 +13,12 @@
 //! Migrations live in `schemas/clickhouse/migrations`, written for a modern server; features
 //! an older server lacks (LowCardinality, column codecs) are left out when it is older.
 
-use crate::query::{Answer, CampaignSummary, Overview, OverviewQuery, Query, SentMessage, Totals};
-use crate::rollup::{message_key, BUCKET_MS};
-use crate::{EventStore, StoreError};
+use crate::aggregate::sql::{self, Bind, Dialect, Family, PartialRow, Sql};
+use crate::aggregate::{message_key, Accumulator, Dimension, Frame, Grain, Measure, MESSAGE_KEY_REGEX};
+use crate::{Aggregate, AggregateAnswer, EventStore, Filters, SentMessage, StoreError};
 use async_trait::async_trait;
 use clickhouse::{Client, Row};
-use mailpipe_schemas::{BounceClass, Event, EventType};
+use mailpipe_schemas::{BounceClass, Event};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use uuid::Uuid;
@@ -32,29 +34,130 @@ const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (ve
 const APPLIED: &str = "SELECT version, checksum FROM schema_migrations";
 const RECORD_MIGRATION: &str = "INSERT INTO schema_migrations (version, name, checksum, applied_ms) VALUES (?, ?, ?, ?)";
 const COUNTS: &str = "SELECT count(), uniqExact(event_id) FROM events";
-const CAMPAIGNS: &str = "SELECT campaign, variant, type, countMerge(events), minMerge(first_ms), maxMerge(last_ms) \
-    FROM rollup_15m WHERE tenant = ? GROUP BY campaign, variant, type";
 const SEND: &str = "SELECT campaign, variant FROM sends WHERE tenant = ? AND message_key = ? ORDER BY occurred_ms DESC LIMIT 1";
 
-/// Per-bucket counts of a tenant's range, optionally of one campaign.
-fn overview_counts_sql(campaign: bool) -> String {
-    let campaign = if campaign { "AND campaign = ?" } else { "" };
-    format!(
-        "SELECT bucket_ms, type, bounce_class, countMerge(events), sumMerge(revenue_micros) FROM rollup_15m \
-         WHERE tenant = ? AND bucket_ms >= ? AND bucket_ms < ? {campaign} GROUP BY bucket_ms, type, bounce_class"
-    )
+/// ClickHouse's SQL; times are compared as literals (they are ours, not the caller's).
+struct ClickHouseDialect;
+const DIALECT: ClickHouseDialect = ClickHouseDialect;
+
+impl Dialect for ClickHouseDialect {
+    fn placeholder(&self, _n: usize) -> String {
+        "?".into()
+    }
+    fn int_div(&self, a: String, b: i64) -> String {
+        format!("intDiv({a}, {b})")
+    }
+    fn int64(&self, e: &str) -> String {
+        format!("toInt64({e})")
+    }
+    fn count_distinct(&self, e: &str) -> String {
+        format!("uniqExact({e})")
+    }
+    fn events_table(&self) -> &str {
+        "events"
+    }
+    fn ms(&self) -> &str {
+        "occurred_ms"
+    }
+    fn bounce_class(&self) -> &str {
+        "bounce_class"
+    }
+    fn message_key(&self) -> String {
+        format!("replaceRegexpAll(message_id, '{}', '')", MESSAGE_KEY_REGEX.replace('\\', "\\\\"))
+    }
+    fn first_by_time(&self, column: &str) -> String {
+        format!("argMin({column}, occurred_ms)")
+    }
+    fn time_at_least(&self, _sql: &mut Sql, ms: i64) -> String {
+        format!("occurred_ms >= {ms}")
+    }
+    fn time_before(&self, _sql: &mut Sql, ms: i64) -> String {
+        format!("occurred_ms < {ms}")
+    }
 }
 
-/// Per-bucket counts of messages whose first open / click / unsubscribe / complaint falls in
-/// the range (in the campaign it was counted in).
-fn overview_firsts_sql(campaign: bool) -> String {
-    let campaign = if campaign { "AND campaign = ?" } else { "" };
-    format!(
-        "SELECT intDiv(first_ms, {BUCKET_MS}) * {BUCKET_MS} AS bucket, type, '', count(), toInt64(0) FROM ( \
-           SELECT type, minMerge(first_ms) AS first_ms, argMinMerge(campaign) AS campaign FROM message_firsts \
-           WHERE tenant = ? GROUP BY type, message_key) \
-         WHERE first_ms >= ? AND first_ms < ? {campaign} GROUP BY bucket, type"
-    )
+fn rollup_column(dim: Dimension) -> String {
+    match dim {
+        Dimension::Campaign => "campaign".into(),
+        Dimension::Variant => "variant".into(),
+    }
+}
+
+/// Events per bucket, group, type and bounce class, from `rollup_15m` (whose 15-minute buckets
+/// never straddle a local day or hour).
+fn rollup_counts(q: &Aggregate, tenant: &str) -> Option<Sql> {
+    if !q.wants_counts() {
+        return None;
+    }
+    let d = &DIALECT;
+    let mut s = Sql::default();
+    let bucket = sql::bucket_expr(d, q, "bucket_ms");
+    let tenant = s.bind(d, Bind::Str(tenant.into()));
+    let range = q.frame.as_ref().map_or(String::new(), |f| format!(" AND bucket_ms >= {} AND bucket_ms < {}", f.lo_ms, f.hi_ms));
+    let filters = sql::filters(d, &mut s, q, &rollup_column);
+    s.push(&format!(
+        "SELECT {bucket} AS b, {dims}, type AS t, bounce_class AS bc, toInt64(countMerge(events)) AS n, sumMerge(revenue_micros) AS rev, \
+         minMerge(first_ms) AS fms, maxMerge(last_ms) AS lms FROM rollup_15m WHERE tenant = {tenant}{range}{filters} \
+         GROUP BY {bucket}{group}, type, bounce_class",
+        dims = sql::dims_select(q, &rollup_column),
+        group = sql::dims_group(q, &rollup_column),
+    ));
+    Some(s)
+}
+
+/// Messages whose first event of a kind falls in each bucket, from `message_firsts`: only the
+/// messages with an event of the kind in the range can have their first there, so the lookup
+/// is restricted to those (through the table's sorting key) rather than every message of the
+/// tenant. The filters apply to the first's campaign and variant.
+fn rollup_firsts(q: &Aggregate, tenant: &str) -> Option<Sql> {
+    let kinds = q.first_types();
+    if kinds.is_empty() {
+        return None;
+    }
+    let d = &DIALECT;
+    let first_column = |dim: Dimension| match dim {
+        Dimension::Campaign => "c".to_string(),
+        Dimension::Variant => "v".to_string(),
+    };
+    let mut s = Sql::default();
+    let bucket = sql::bucket_expr(d, q, "fms");
+    let kinds = sql::type_list(&kinds);
+    let outer_tenant = s.bind(d, Bind::Str(tenant.into()));
+    let (in_range, range) = match &q.frame {
+        None => (String::new(), String::new()),
+        Some(f) => (
+            format!(
+                " AND message_key IN (SELECT {key} FROM events WHERE tenant = {t} AND occurred_ms >= {lo} AND occurred_ms < {hi} AND type IN ({kinds}))",
+                key = d.message_key(),
+                t = s.bind(d, Bind::Str(tenant.into())),
+                lo = f.lo_ms,
+                hi = f.hi_ms,
+            ),
+            format!(" AND fms >= {} AND fms < {}", f.lo_ms, f.hi_ms),
+        ),
+    };
+    let filters = sql::filters(d, &mut s, q, &first_column);
+    s.push(&format!(
+        "SELECT {bucket} AS b, {dims}, t, '' AS bc, toInt64(count()) AS n, toInt64(0) AS rev, toInt64(0) AS fms0, toInt64(0) AS lms \
+         FROM (SELECT type AS t, minMerge(first_ms) AS fms, argMinMerge(campaign) AS c, argMinMerge(variant) AS v FROM message_firsts \
+               WHERE tenant = {outer_tenant} AND type IN ({kinds}){in_range} GROUP BY type, message_key) \
+         WHERE 1 = 1{range}{filters} GROUP BY {bucket}{group}, t",
+        dims = sql::dims_select(q, &first_column),
+        group = sql::dims_group(q, &first_column),
+    ));
+    Some(s)
+}
+
+/// The queries an aggregate compiles to, each with the part of the answer it feeds.
+fn compile(q: &Aggregate, tenant: &str) -> Vec<(Family, Sql)> {
+    [
+        (Family::Counts, rollup_counts(q, tenant)),
+        (Family::Firsts, rollup_firsts(q, tenant)),
+        (Family::Distinct, sql::raw_distinct(&DIALECT, q, tenant)),
+    ]
+    .into_iter()
+    .filter_map(|(f, s)| s.map(|s| (f, s)))
+    .collect()
 }
 
 /// Rows per insert of a large batch: the duplicate lookup of one part overlaps the insert of the
@@ -86,7 +189,6 @@ pub fn query_templates() -> Vec<String> {
         fill(RECORD_MIGRATION, &["1", "'events'", "'0123456789abcdef'", "1700000000000"]),
         APPLIED.to_string(),
         COUNTS.to_string(),
-        fill(CAMPAIGNS, &["'acme'"]),
         fill(SEND, &["'acme'", "'m@x'"]),
         PROBE_TABLE.to_string(),
         "INSERT INTO probe (tenant, occurred_ms, event_id) VALUES ('acme', 1700000000000, generateUUIDv4())".to_string(),
@@ -95,11 +197,20 @@ pub fn query_templates() -> Vec<String> {
         "SELECT version()".to_string(),
         "SELECT 1".to_string(),
     ];
-    for campaign in [false, true] {
-        let values = ["'acme'", "1700000000000", "1700086400000", "'spring'"];
-        let n = if campaign { 4 } else { 3 };
-        out.push(fill(&overview_counts_sql(campaign), &values[..n]));
-        out.push(fill(&overview_firsts_sql(campaign), &values[..n]));
+    let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 3, d).unwrap();
+    let samples = [
+        Aggregate { frame: Some(Frame::new(day(1), day(31), chrono_tz::Europe::Paris, Grain::Day)), filters: Filters { campaign: Some("spring".into()), variant: Some("B".into()) }, group_by: vec![], measures: Measure::all() },
+        Aggregate { frame: Some(Frame::new(day(1), day(31), chrono_tz::Asia::Kathmandu, Grain::HourOfWeek)), filters: Filters::default(), group_by: vec![Dimension::Campaign, Dimension::Variant], measures: Measure::all() },
+        Aggregate { frame: None, filters: Filters::default(), group_by: vec![Dimension::Campaign], measures: Measure::all() },
+    ];
+    for q in &samples {
+        for (_, s) in compile(q, "acme") {
+            let values: Vec<String> = s.binds.iter().map(|b| match b {
+                Bind::Str(v) => format!("'{v}'"),
+                Bind::Ms(ms) => ms.to_string(),
+            }).collect();
+            out.push(fill(&s.text, &values.iter().map(String::as_str).collect::<Vec<_>>()));
+        }
     }
     out
 }
@@ -248,25 +359,6 @@ struct ProbeRow<'a> {
 struct IdRow {
     #[serde(with = "clickhouse::serde::uuid")]
     event_id: Uuid,
-}
-
-#[derive(Row, Deserialize)]
-struct CountRow {
-    bucket_ms: i64,
-    event_type: String,
-    bounce_class: String,
-    n: u64,
-    revenue_micros: i64,
-}
-
-#[derive(Row, Deserialize)]
-struct CampaignRow {
-    campaign: String,
-    variant: String,
-    event_type: String,
-    n: u64,
-    first_ms: i64,
-    last_ms: i64,
 }
 
 #[derive(Row, Deserialize)]
@@ -420,60 +512,6 @@ impl ClickHouseEventStore {
         self.client.query(COUNTS).fetch_one::<(u64, u64)>().await.map_err(engine)
     }
 
-    async fn overview(&self, tenant: &str, q: &OverviewQuery) -> Result<Overview, StoreError> {
-        let (_, bounds) = q.day_boundaries();
-        let lo = bounds[0].div_euclid(BUCKET_MS) * BUCKET_MS;
-        let hi = bounds[bounds.len() - 1].div_euclid(BUCKET_MS) * BUCKET_MS;
-        let counts = overview_counts_sql(q.campaign.is_some());
-        let firsts = overview_firsts_sql(q.campaign.is_some());
-        let mut daily = q.empty_days();
-        for (sql, unique) in [(counts, false), (firsts, true)] {
-            let mut query = self.client.query(&sql).bind(tenant).bind(lo).bind(hi);
-            if let Some(c) = &q.campaign {
-                query = query.bind(c.as_str());
-            }
-            for row in query.fetch_all::<CountRow>().await.map_err(engine)? {
-                let day = bounds.partition_point(|&b| b <= row.bucket_ms).saturating_sub(1).min(daily.len() - 1);
-                add(&mut daily[day].totals, &row, unique);
-            }
-        }
-        Ok(q.answer(daily))
-    }
-
-    async fn campaigns(&self, tenant: &str) -> Result<Vec<CampaignSummary>, StoreError> {
-        let rows = self
-            .client
-            .query(CAMPAIGNS)
-            .bind(tenant)
-            .fetch_all::<CampaignRow>()
-            .await
-            .map_err(engine)?;
-        let mut by_name: BTreeMap<String, CampaignSummary> = BTreeMap::new();
-        for r in rows {
-            let c = by_name.entry(r.campaign.clone()).or_insert_with(|| CampaignSummary {
-                campaign: r.campaign.clone(),
-                variants: Vec::new(),
-                sent: 0,
-                first_event_ms: i64::MAX,
-                last_event_ms: i64::MIN,
-            });
-            if !r.variant.is_empty() && !c.variants.contains(&r.variant) {
-                c.variants.push(r.variant);
-            }
-            if r.event_type == EventType::Sent.as_str() {
-                c.sent += r.n;
-            }
-            c.first_event_ms = c.first_event_ms.min(r.first_ms);
-            c.last_event_ms = c.last_event_ms.max(r.last_ms);
-        }
-        let mut out: Vec<CampaignSummary> = by_name.into_values().collect();
-        for c in &mut out {
-            c.variants.sort();
-        }
-        out.sort_by(|a, b| b.last_event_ms.cmp(&a.last_event_ms).then_with(|| a.campaign.cmp(&b.campaign)));
-        Ok(out)
-    }
-
     async fn sent_message(&self, tenant: &str, message_id: &str) -> Result<Option<SentMessage>, StoreError> {
         let row = self
             .client
@@ -485,35 +523,6 @@ impl ClickHouseEventStore {
             .map_err(engine)?;
         Ok(row.map(|r| SentMessage { campaign: r.campaign, variant: r.variant }))
     }
-}
-
-/// Adds one rollup row to a day's totals (`unique`: a row of first events per message).
-fn add(t: &mut Totals, row: &CountRow, unique: bool) {
-    let Some(kind) = EventType::parse(&row.event_type) else { return };
-    let n = row.n;
-    let counter = match (kind, unique) {
-        (EventType::Open, true) => &mut t.unique_opens,
-        (EventType::Click, true) => &mut t.unique_clicks,
-        (EventType::Unsubscribe, true) => &mut t.unsubscribes,
-        (EventType::Complaint, true) => &mut t.complaints,
-        (_, true) => return,
-        (EventType::Sent, _) => &mut t.sent,
-        (EventType::Delivered, _) => &mut t.delivered,
-        (EventType::Deferred, _) => &mut t.deferred,
-        (EventType::Bounced, _) if row.bounce_class == BounceClass::Hard.as_str() => &mut t.hard_bounces,
-        (EventType::Bounced, _) => &mut t.soft_bounces,
-        (EventType::Open, _) => &mut t.opens,
-        (EventType::Click, _) => &mut t.clicks,
-        (EventType::Reply, _) => &mut t.replies,
-        (EventType::AutoReply, _) => &mut t.auto_replies,
-        (EventType::Conversion, _) => {
-            t.revenue_micros += row.revenue_micros;
-            &mut t.conversions
-        }
-        // Counted once per message, from `message_firsts`.
-        (EventType::Unsubscribe | EventType::Complaint, _) => return,
-    };
-    *counter += n;
 }
 
 #[async_trait]
@@ -540,15 +549,27 @@ impl EventStore for ClickHouseEventStore {
         Ok(())
     }
 
-    async fn query(&self, tenant: &str, query: Query) -> Result<Answer, StoreError> {
-        match query {
-            Query::Overview(q) => {
-                q.validate()?;
-                Ok(Answer::Overview(self.overview(tenant, &q).await?))
+    async fn aggregate(&self, tenant: &str, q: &Aggregate) -> Result<AggregateAnswer, StoreError> {
+        q.validate()?;
+        let mut acc = Accumulator::default();
+        for (family, s) in compile(q, tenant) {
+            let mut query = self.client.query(&s.text);
+            for b in &s.binds {
+                query = match b {
+                    Bind::Str(v) => query.bind(v.as_str()),
+                    Bind::Ms(ms) => query.bind(*ms),
+                };
             }
-            Query::Campaigns => Ok(Answer::Campaigns(self.campaigns(tenant).await?)),
-            Query::Message { message_id } => Ok(Answer::Message(self.sent_message(tenant, &message_id).await?)),
+            let rows = query.fetch_all::<PartialRow>().await.map_err(|e| StoreError::Engine(format!("clickhouse: {e}\n{}", s.text)))?;
+            for row in rows {
+                sql::fold(&mut acc, q, family, row);
+            }
         }
+        Ok(acc.answer(q))
+    }
+
+    async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<SentMessage>, StoreError> {
+        self.sent_message(tenant, message_id).await
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

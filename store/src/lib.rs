@@ -1,20 +1,21 @@
-//! The event store seam: idempotent inserts (by `event_id`), typed queries scoped to one
-//! tenant, a health check. Backends: DataFusion over Parquet (feature `datafusion`, the
+//! The event store seam: idempotent inserts (by `event_id`), typed questions scoped to one
+//! tenant (`Aggregate`s, compiled by each store for its engine, and per-message lookups), a
+//! health check. Backends: DataFusion over Parquet (feature `datafusion`, the
 //! embedded default) and ClickHouse (feature `clickhouse`).
 
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
 #[cfg(feature = "datafusion")]
 pub mod datafusion;
+pub mod aggregate;
 mod query;
 mod rollup;
 
 use async_trait::async_trait;
 use mailpipe_schemas::Event;
 
-pub use query::{
-    Answer, CampaignSummary, DayTotals, Overview, OverviewQuery, Query, QueryError, Rates, SentMessage, Totals,
-};
+pub use aggregate::{Aggregate, AggregateAnswer, AggregateRow, Dimension, Filters, Frame, Grain, Measure, QueryError};
+pub use query::SentMessage;
 pub use rollup::Rollup;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,12 @@ pub trait EventStore: Send + Sync {
     /// Makes every event inserted so far durable.
     async fn flush(&self) -> Result<(), StoreError>;
 
-    /// Answers a question about one tenant's data; no query can reach another tenant's rows.
-    async fn query(&self, tenant: &str, query: Query) -> Result<Answer, StoreError>;
+    /// Answers an analytics question about one tenant's data (validated first); no question
+    /// can reach another tenant's rows.
+    async fn aggregate(&self, tenant: &str, q: &Aggregate) -> Result<AggregateAnswer, StoreError>;
+
+    /// The send a message id belongs to (to join bounces, complaints and replies to it).
+    async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<SentMessage>, StoreError>;
 
     /// Events stored, over every tenant (for operators, progress bars and tests).
     async fn count(&self) -> Result<u64, StoreError>;

@@ -3,7 +3,8 @@
 //! open / click / unsubscribe / complaint of each message (for exact unique counts), and the
 //! ids of stored events (for idempotent inserts). It is rebuilt from the stored rows at start.
 
-use crate::query::{CampaignSummary, Overview, OverviewQuery, SentMessage, Totals};
+use crate::aggregate::{first_index, message_key, Accumulator, Aggregate, Cell, Dimension};
+use crate::SentMessage;
 use mailpipe_schemas::{BounceClass, Event, EventType};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -61,9 +62,7 @@ struct CampaignCells {
     name: String,
     variant_ids: HashMap<String, u32>,
     variants: Vec<String>,
-    cells: BTreeMap<(i64, u32), Totals>,
-    first_ms: i64,
-    last_ms: i64,
+    cells: BTreeMap<(i64, u32), Cell>,
 }
 
 #[derive(Clone, Copy)]
@@ -73,26 +72,10 @@ struct First {
     variant: u32,
 }
 
-/// A Message-ID without its angle brackets: reports quote it either way.
-pub(crate) fn message_key(message_id: &str) -> &str {
-    message_id.trim().trim_start_matches('<').trim_end_matches('>')
-}
-
 fn message_hash(message_id: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     message_key(message_id).hash(&mut h);
     h.finish()
-}
-
-/// The counter a first-of-its-kind event adds to, for the kinds counted once per message.
-fn unique_counter(t: &mut Totals, kind: EventType) -> Option<&mut u64> {
-    match kind {
-        EventType::Open => Some(&mut t.unique_opens),
-        EventType::Click => Some(&mut t.unique_clicks),
-        EventType::Unsubscribe => Some(&mut t.unsubscribes),
-        EventType::Complaint => Some(&mut t.complaints),
-        _ => None,
-    }
 }
 
 impl Rollup {
@@ -116,54 +99,62 @@ impl Rollup {
         let campaign = tenant.campaign_id(row.campaign);
         let cc = &mut tenant.campaigns[campaign as usize];
         let variant = cc.variant_id(row.variant);
-        cc.first_ms = cc.first_ms.min(row.occurred_ms);
-        cc.last_ms = cc.last_ms.max(row.occurred_ms);
         let bucket = row.occurred_ms.div_euclid(BUCKET_MS);
-        let cell = cc.cells.entry((bucket, variant)).or_default();
-        match row.event_type {
-            EventType::Sent => {
-                cell.sent += 1;
-                tenant.sends.insert(message_hash(row.message_id), (campaign, variant));
-            }
-            EventType::Delivered => cell.delivered += 1,
-            EventType::Deferred => cell.deferred += 1,
-            EventType::Bounced if row.bounce_class == Some(BounceClass::Hard) => cell.hard_bounces += 1,
-            EventType::Bounced => cell.soft_bounces += 1,
-            EventType::Open => cell.opens += 1,
-            EventType::Click => cell.clicks += 1,
-            EventType::Reply => cell.replies += 1,
-            EventType::AutoReply => cell.auto_replies += 1,
-            EventType::Conversion => {
-                cell.conversions += 1;
-                cell.revenue_micros += row.revenue_micros;
-            }
-            EventType::Unsubscribe | EventType::Complaint => {}
+        let hard = row.bounce_class == Some(BounceClass::Hard);
+        let at = row.occurred_ms;
+        cc.cells.entry((bucket, variant)).or_default().add_events(row.event_type, hard, 1, row.revenue_micros, at, at);
+        if row.event_type == EventType::Sent {
+            tenant.sends.insert(message_hash(row.message_id), (campaign, variant));
         }
-        if unique_counter(cell, row.event_type).is_some() {
-            tenant.count_first(row, campaign, variant);
+        if let Some(kind) = first_index(row.event_type) {
+            tenant.count_first(row, kind, campaign, variant);
         }
         true
     }
 
-    pub fn overview(&self, tenant: &str, q: &OverviewQuery) -> Overview {
-        let (_, bounds) = q.day_boundaries();
-        let mut daily = q.empty_days();
-        if let Some(t) = self.tenants.get(tenant) {
-            let lo = bounds[0].div_euclid(BUCKET_MS);
-            let hi = bounds[bounds.len() - 1].div_euclid(BUCKET_MS);
-            let selected = t.campaigns.iter().filter(|c| q.campaign.as_ref().is_none_or(|name| *name == c.name));
-            for c in selected {
-                let mut day = 0;
-                for (&(bucket, _), cell) in c.cells.range((lo, 0)..(hi, 0)) {
-                    let at = bucket * BUCKET_MS;
-                    while day + 1 < daily.len() && at >= bounds[day + 1] {
-                        day += 1;
+    /// Sums the cells a question selects, each 15-minute bucket into the bucket of the
+    /// question's grain (time zone offsets are whole quarter hours, so a 15-minute bucket
+    /// never straddles two days or hours). The first of a message counts in the campaign and
+    /// variant of that first event, so filters apply to firsts as they do to any event.
+    pub fn aggregate(&self, tenant: &str, q: &Aggregate) -> Accumulator {
+        let mut acc = Accumulator::default();
+        let Some(t) = self.tenants.get(tenant) else { return acc };
+        let (lo, hi) = match &q.frame {
+            Some(f) => (f.lo_ms.div_euclid(BUCKET_MS), f.hi_ms.div_euclid(BUCKET_MS)),
+            None => (i64::MIN, i64::MAX),
+        };
+        let selected = t.campaigns.iter().filter(|c| q.filters.campaign.as_ref().is_none_or(|name| *name == c.name));
+        for c in selected {
+            let variant_ok: Vec<bool> = c.variants.iter().map(|v| q.filters.variant.as_ref().is_none_or(|want| want == v)).collect();
+            // Consecutive cells of one 15-minute bucket and group add into one entry.
+            let mut last: Option<((i64, u32), Option<i64>)> = None;
+            let mut pending: Option<(i64, u32, Cell)> = None;
+            for (&(bucket, variant), cell) in c.cells.range((lo, 0)..(hi, 0)) {
+                if !variant_ok[variant as usize] {
+                    continue;
+                }
+                let grain_bucket = match last {
+                    Some(((b, _), g)) if b == bucket => g,
+                    _ => q.bucket_of(bucket * BUCKET_MS),
+                };
+                last = Some(((bucket, variant), grain_bucket));
+                let Some(g) = grain_bucket else { continue };
+                let group_variant = if q.group_by.contains(&Dimension::Variant) { variant } else { 0 };
+                match &mut pending {
+                    Some((pg, pv, sum)) if *pg == g && *pv == group_variant => sum.add(cell),
+                    _ => {
+                        if let Some((pg, pv, sum)) = pending.take() {
+                            acc.cell(pg, group(q, c, pv)).add(&sum);
+                        }
+                        pending = Some((g, group_variant, *cell));
                     }
-                    daily[day].totals.add(cell);
                 }
             }
+            if let Some((pg, pv, sum)) = pending {
+                acc.cell(pg, group(q, c, pv)).add(&sum);
+            }
         }
-        q.answer(daily)
+        acc
     }
 
     pub fn sent_message(&self, tenant: &str, message_id: &str) -> Option<SentMessage> {
@@ -172,27 +163,17 @@ impl Rollup {
         let c = &t.campaigns[campaign as usize];
         Some(SentMessage { campaign: c.name.clone(), variant: c.variants[variant as usize].clone() })
     }
+}
 
-    pub fn campaigns(&self, tenant: &str) -> Vec<CampaignSummary> {
-        let Some(t) = self.tenants.get(tenant) else { return Vec::new() };
-        let mut out: Vec<CampaignSummary> = t
-            .campaigns
-            .iter()
-            .map(|c| CampaignSummary {
-                campaign: c.name.clone(),
-                variants: {
-                    let mut v: Vec<String> = c.variants.iter().filter(|v| !v.is_empty()).cloned().collect();
-                    v.sort();
-                    v
-                },
-                sent: c.cells.values().map(|cell| cell.sent).sum(),
-                first_event_ms: c.first_ms,
-                last_event_ms: c.last_ms,
-            })
-            .collect();
-        out.sort_by(|a, b| b.last_event_ms.cmp(&a.last_event_ms).then_with(|| a.campaign.cmp(&b.campaign)));
-        out
-    }
+/// The values of the question's group-by dimensions for cells of campaign `c`, variant `v`.
+fn group(q: &Aggregate, c: &CampaignCells, v: u32) -> Vec<String> {
+    q.group_by
+        .iter()
+        .map(|d| match d {
+            Dimension::Campaign => c.name.clone(),
+            Dimension::Variant => c.variants[v as usize].clone(),
+        })
+        .collect()
 }
 
 impl TenantRollup {
@@ -202,20 +183,13 @@ impl TenantRollup {
         }
         let id = self.campaigns.len() as u32;
         self.campaign_ids.insert(name.to_string(), id);
-        self.campaigns.push(CampaignCells {
-            name: name.to_string(),
-            variant_ids: HashMap::new(),
-            variants: Vec::new(),
-            cells: BTreeMap::new(),
-            first_ms: i64::MAX,
-            last_ms: i64::MIN,
-        });
+        self.campaigns.push(CampaignCells { name: name.to_string(), variant_ids: HashMap::new(), variants: Vec::new(), cells: BTreeMap::new() });
         id
     }
 
     /// Counts the message once for this kind, in the bucket of its earliest such event: a
     /// late-arriving earlier event moves the count rather than adding one.
-    fn count_first(&mut self, row: RowRef<'_>, campaign: u32, variant: u32) {
+    fn count_first(&mut self, row: RowRef<'_>, kind: usize, campaign: u32, variant: u32) {
         let key = (message_hash(row.message_id), row.event_type);
         let here = First { at_ms: row.occurred_ms, campaign, variant };
         let previous = match self.firsts.get_mut(&key) {
@@ -227,20 +201,13 @@ impl TenantRollup {
             Some(_) => return,
         };
         if let Some(old) = previous {
-            let cell = self.campaigns[old.campaign as usize]
-                .cells
-                .get_mut(&(old.at_ms.div_euclid(BUCKET_MS), old.variant));
-            if let Some(counter) = cell.and_then(|c| unique_counter(c, row.event_type)) {
-                *counter -= 1;
+            let cells = &mut self.campaigns[old.campaign as usize].cells;
+            if let Some(cell) = cells.get_mut(&(old.at_ms.div_euclid(BUCKET_MS), old.variant)) {
+                cell.firsts[kind] -= 1;
             }
         }
-        let cell = self.campaigns[campaign as usize]
-            .cells
-            .entry((row.occurred_ms.div_euclid(BUCKET_MS), variant))
-            .or_default();
-        if let Some(counter) = unique_counter(cell, row.event_type) {
-            *counter += 1;
-        }
+        let cells = &mut self.campaigns[campaign as usize].cells;
+        cells.entry((row.occurred_ms.div_euclid(BUCKET_MS), variant)).or_default().firsts[kind] += 1;
     }
 }
 
@@ -259,6 +226,7 @@ impl CampaignCells {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::{AggregateAnswer, Filters, Frame, Grain, Measure};
     use chrono::NaiveDate;
 
     fn row(id: u128, t: EventType, at: &str, campaign: &'static str, msg: &'static str) -> (u128, EventType, i64, &'static str, &'static str) {
@@ -279,13 +247,30 @@ mod tests {
         })
     }
 
-    fn q(from: (i32, u32, u32), to: (i32, u32, u32), tz: chrono_tz::Tz, campaign: Option<&str>) -> OverviewQuery {
-        OverviewQuery {
-            from: NaiveDate::from_ymd_opt(from.0, from.1, from.2).unwrap(),
-            to: NaiveDate::from_ymd_opt(to.0, to.1, to.2).unwrap(),
-            campaign: campaign.map(String::from),
-            tz,
-        }
+    const MEASURES: [Measure; 6] = [
+        Measure::Count(EventType::Sent),
+        Measure::Count(EventType::Open),
+        Measure::FirstPerMessage(EventType::Open),
+        Measure::Count(EventType::Conversion),
+        Measure::RevenueMicros,
+        Measure::Bounces(BounceClass::Hard),
+    ];
+
+    /// Per day of the range: the values of `MEASURES`.
+    fn daily(r: &Rollup, tenant: &str, from: u32, to: u32, tz: chrono_tz::Tz, campaign: Option<&str>) -> Vec<Vec<i64>> {
+        let d = |n| NaiveDate::from_ymd_opt(2026, 5, n).unwrap();
+        let frame = Frame::new(d(from), d(to), tz, Grain::Day);
+        let q = Aggregate { frame: Some(frame.clone()), filters: Filters { campaign: campaign.map(String::from), variant: None }, group_by: vec![], measures: MEASURES.to_vec() };
+        let a: AggregateAnswer = r.aggregate(tenant, &q).answer(&q);
+        frame
+            .days()
+            .into_iter()
+            .map(|day| a.rows.iter().find(|row| row.bucket == Frame::day_bucket(day)).map_or(vec![0; MEASURES.len()], |row| row.values.clone()))
+            .collect()
+    }
+
+    fn column(days: &[Vec<i64>], m: usize) -> Vec<i64> {
+        days.iter().map(|d| d[m]).collect()
     }
 
     #[test]
@@ -294,12 +279,11 @@ mod tests {
         apply(&mut r, "t", row(1, EventType::Open, "2026-05-02T10:00:00Z", "c", "m1"));
         apply(&mut r, "t", row(2, EventType::Open, "2026-05-03T10:00:00Z", "c", "m1"));
         // The earliest open of m1 arrives last: the unique open moves to 1 May.
-        apply(&mut r, "t", row(3, EventType::Open, "2026-05-01T10:00:00Z", "c", "m1"));
+        apply(&mut r, "t", row(3, EventType::Open, "2026-05-01T10:00:00Z", "c", "<m1>"));
         apply(&mut r, "t", row(4, EventType::Open, "2026-05-02T11:00:00Z", "c", "m2"));
-        let o = r.overview("t", &q((2026, 5, 1), (2026, 5, 3), chrono_tz::UTC, None));
-        assert_eq!((o.totals.opens, o.totals.unique_opens), (4, 2));
-        let per_day: Vec<(u64, u64)> = o.daily.iter().map(|d| (d.totals.opens, d.totals.unique_opens)).collect();
-        assert_eq!(per_day, vec![(1, 1), (2, 1), (1, 0)]);
+        let days = daily(&r, "t", 1, 3, chrono_tz::UTC, None);
+        assert_eq!(column(&days, 1), vec![1, 2, 1]);
+        assert_eq!(column(&days, 2), vec![1, 1, 0]);
     }
 
     #[test]
@@ -307,8 +291,7 @@ mod tests {
         let mut r = Rollup::default();
         assert!(apply(&mut r, "t", row(1, EventType::Sent, "2026-05-01T10:00:00Z", "c", "m1")));
         assert!(!apply(&mut r, "t", row(1, EventType::Sent, "2026-05-01T10:00:00Z", "c", "m1")));
-        let o = r.overview("t", &q((2026, 5, 1), (2026, 5, 1), chrono_tz::UTC, None));
-        assert_eq!(o.totals.sent, 1);
+        assert_eq!(column(&daily(&r, "t", 1, 1, chrono_tz::UTC, None), 0), vec![1]);
     }
 
     #[test]
@@ -316,15 +299,12 @@ mod tests {
         let mut r = Rollup::default();
         // 23:30 UTC on 1 May is already 2 May in Tokyo and still 1 May in New York.
         apply(&mut r, "t", row(1, EventType::Sent, "2026-05-01T23:30:00Z", "c", "m1"));
-        let tokyo = r.overview("t", &q((2026, 5, 1), (2026, 5, 2), chrono_tz::Asia::Tokyo, None));
-        assert_eq!(tokyo.daily.iter().map(|d| d.totals.sent).collect::<Vec<_>>(), vec![0, 1]);
-        let ny = r.overview("t", &q((2026, 5, 1), (2026, 5, 2), chrono_tz::America::New_York, None));
-        assert_eq!(ny.daily.iter().map(|d| d.totals.sent).collect::<Vec<_>>(), vec![1, 0]);
+        assert_eq!(column(&daily(&r, "t", 1, 2, chrono_tz::Asia::Tokyo, None), 0), vec![0, 1]);
+        assert_eq!(column(&daily(&r, "t", 1, 2, chrono_tz::America::New_York, None), 0), vec![1, 0]);
         // Kathmandu is UTC+5:45: 18:14 UTC is 23:59 local, 18:15 UTC is next day.
         apply(&mut r, "t", row(2, EventType::Sent, "2026-05-01T18:14:00Z", "c", "m2"));
         apply(&mut r, "t", row(3, EventType::Sent, "2026-05-01T18:15:00Z", "c", "m3"));
-        let ktm = r.overview("t", &q((2026, 5, 1), (2026, 5, 2), chrono_tz::Asia::Kathmandu, None));
-        assert_eq!(ktm.daily.iter().map(|d| d.totals.sent).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(column(&daily(&r, "t", 1, 2, chrono_tz::Asia::Kathmandu, None), 0), vec![1, 2]);
     }
 
     #[test]
@@ -334,17 +314,13 @@ mod tests {
         apply(&mut r, "a", row(2, EventType::Conversion, "2026-05-01T10:00:00Z", "c2", "m2"));
         apply(&mut r, "b", row(3, EventType::Sent, "2026-05-01T10:00:00Z", "c1", "m1"));
         apply(&mut r, "b", row(4, EventType::Bounced, "2026-05-01T10:00:00Z", "c1", "m1"));
-        let range = |c| q((2026, 5, 1), (2026, 5, 1), chrono_tz::UTC, c);
-        let a = r.overview("a", &range(None)).totals;
-        assert_eq!((a.sent, a.conversions, a.revenue_micros, a.hard_bounces), (1, 1, 2_500_000, 0));
-        assert_eq!(r.overview("a", &range(Some("c1"))).totals.conversions, 0);
-        assert_eq!(r.overview("b", &range(None)).totals.hard_bounces, 1);
-        assert_eq!(r.overview("nobody", &range(None)).totals, Totals::default());
-        assert_eq!(r.campaigns("a").len(), 2);
+        assert_eq!(daily(&r, "a", 1, 1, chrono_tz::UTC, None), vec![vec![1, 0, 0, 1, 2_500_000, 0]]);
+        assert_eq!(daily(&r, "a", 1, 1, chrono_tz::UTC, Some("c1")), vec![vec![1, 0, 0, 0, 0, 0]]);
+        assert_eq!(daily(&r, "b", 1, 1, chrono_tz::UTC, None), vec![vec![1, 0, 0, 0, 0, 1]]);
+        assert_eq!(daily(&r, "nobody", 1, 1, chrono_tz::UTC, None), vec![vec![0; 6]]);
         assert_eq!(r.sent_message("a", "m1").map(|m| m.campaign), Some("c1".to_string()));
         assert_eq!(r.sent_message("a", "<m1>").map(|m| m.campaign), Some("c1".to_string()));
         assert_eq!(r.sent_message("a", "m2"), None, "only sends are joined");
         assert_eq!(r.sent_message("nobody", "m1"), None);
-        assert!(r.campaigns("nobody").is_empty());
     }
 }

@@ -137,4 +137,5 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     child.wait().unwrap()
 }
+pub mod fixtures;
 pub mod servers;

@@ -119,7 +119,12 @@ impl ClickHouse {
         self.spawn();
     }
 
-    fn stop(&mut self) {
+    /// Brings a stopped server back on the same data and ports.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             crate::terminate(&mut child);
         }

@@ -76,3 +76,45 @@ async fn mailpipe_inbound_reads_stdin_and_exits_like_an_mta_expects() {
     // No send is known for this reply: it is kept under the unmatched campaign.
     assert_eq!(overview(&s, "(unmatched)").await["replies"], 1);
 }
+
+/// A bounce classified while the store is down waits for the store instead of being filed
+/// under `(unmatched)` for good (its event id is derived, so a guess would stay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_delays_the_join_instead_of_losing_it() {
+    use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus, EventBus, Message, EVENTS_TOPIC, INBOUND_TOPIC};
+    use mailpipe_schemas::{Envelope, Event, EventType, InboundEnvelope, SCHEMA_VERSION};
+    use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
+    use mailpipe_store::EventStore;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let mut ch = mailpipe_tests::servers::ClickHouse::start();
+    let cfg = ClickHouseStoreConfig { url: ch.url(), database: "outage".into(), user: "default".into(), password: String::new() };
+    ClickHouseEventStore::migrate(&cfg).await.unwrap();
+    let store = Arc::new(ClickHouseEventStore::new(&cfg));
+    let sent = Event { campaign: "spring".into(), message_id: "<spring-1@mail.a.example>".into(), recipient: "gone@example.net".into(), ..Event::new(uuid::Uuid::new_v4(), "a", EventType::Sent, chrono::Utc::now()) };
+    store.insert(&[sent]).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(EmbeddedEventBus::open(EmbeddedBusConfig::new(dir.path())).unwrap());
+    let envelope = InboundEnvelope { v: SCHEMA_VERSION, inbound_id: uuid::Uuid::new_v4(), tenant: "a".into(), received_at: chrono::Utc::now() };
+    bus.publish(INBOUND_TOPIC, vec![Message { key: b"a".to_vec(), payload: envelope.encode(DSN.as_bytes()) }]).await.unwrap();
+
+    tokio::task::block_in_place(|| ch.stop());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let runner = mailpipe_processors::InboundRunner { bus: bus.clone(), store: store.clone(), group: "inbound-classifier".into() };
+    let running = tokio::spawn(runner.run(stop_rx));
+    let mut events = bus.subscribe(EVENTS_TOPIC, "check").await.unwrap();
+    assert!(events.poll(10, Duration::from_secs(3)).await.unwrap().is_empty(), "nothing is published while the join cannot be made");
+    tokio::task::block_in_place(|| ch.start_again());
+
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        got = events.poll(10, Duration::from_millis(500)).await.unwrap();
+    }
+    let bounce: Envelope = serde_json::from_slice(&got.first().expect("the bounce once the store is back").payload).unwrap();
+    assert_eq!((bounce.event.event_type, bounce.event.campaign.as_str()), (EventType::Bounced, "spring"));
+    stop.send_replace(true);
+    running.await.unwrap().unwrap();
+}

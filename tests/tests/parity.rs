@@ -1,14 +1,16 @@
 //! The same fixture events through the embedded store (DataFusion) and the ClickHouse store
-//! (a real server): every typed query must get the same answer from both. Also: the
-//! ClickHouse store is idempotent by event id, keeps tenants apart, and its DDL and query
-//! templates run on a modern ClickHouse too.
+//! (a real server): every dashboard must get the same answer from both (the golden cases and
+//! every measure are in `golden.rs`). Also: the ClickHouse store is idempotent by event id,
+//! keeps tenants apart, and its DDL and query templates run on a modern ClickHouse too.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{NaiveDate, Utc};
 use mailpipe::demo::{Generator, Profile};
-use mailpipe_schemas::{BounceClass, Event, EventType};
+use mailpipe_query::dashboards::dashboards;
+use mailpipe_schemas::Event;
 use mailpipe_store::clickhouse::{Capabilities, ClickHouseEventStore, ClickHouseStoreConfig, MIGRATIONS};
 use mailpipe_store::datafusion::{DataFusionEventStore, DataFusionStoreConfig};
-use mailpipe_store::{Answer, EventStore, OverviewQuery, Query};
+use mailpipe_store::{EventStore, QueryError, StoreError};
+use mailpipe_tests::fixtures::edge_cases;
 use mailpipe_tests::servers::{modern_check_tool, ClickHouse};
 use uuid::Uuid;
 
@@ -16,58 +18,33 @@ fn config(ch: &ClickHouse, database: &str) -> ClickHouseStoreConfig {
     ClickHouseStoreConfig { url: ch.url(), database: database.into(), user: "default".into(), password: String::new() }
 }
 
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
 
-/// Hand-made edge cases the generator does not produce.
-fn edge_cases() -> Vec<Event> {
-    let id = |n: u128| Uuid::from_u128(0xfeed_0000 + n);
-    let ev = |n, t, when: &str, campaign: &str, msg: &str| Event {
-        campaign: campaign.into(),
-        variant: "B".into(),
-        message_id: msg.into(),
-        recipient: "edge@example.com".into(),
-        ..Event::new(id(n), "acme", t, at(when))
-    };
-    vec![
-        ev(1, EventType::Sent, "2026-05-01T18:10:00Z", "edge", "<e1@x>"),
-        // Opens of e1: the earliest arrives last and moves the unique open to its day.
-        ev(2, EventType::Open, "2026-05-03T10:00:00Z", "edge", "e1@x"),
-        ev(3, EventType::Open, "2026-05-02T10:00:00Z", "edge", "<e1@x>"),
-        ev(4, EventType::Open, "2026-05-01T18:20:00Z", "edge", "e1@x"),
-        // Either side of midnight in Kathmandu (UTC+5:45).
-        ev(5, EventType::Click, "2026-05-01T18:14:59Z", "edge", "e2@x"),
-        ev(6, EventType::Click, "2026-05-01T18:15:00Z", "edge", "e3@x"),
-        Event { bounce_class: Some(BounceClass::Hard), ..ev(7, EventType::Bounced, "2026-05-02T01:00:00Z", "edge", "e4@x") },
-        Event { bounce_class: Some(BounceClass::Soft), ..ev(8, EventType::Bounced, "2026-05-02T01:00:00Z", "edge", "e5@x") },
-        Event { revenue_micros: Some(12_340_000), ..ev(9, EventType::Conversion, "2026-05-02T23:59:59Z", "edge", "e1@x") },
-        ev(10, EventType::Unsubscribe, "2026-05-02T05:00:00Z", "edge", "e1@x"),
-        ev(11, EventType::Unsubscribe, "2026-05-02T06:00:00Z", "edge", "e1@x"),
-        ev(12, EventType::Complaint, "2026-05-02T07:00:00Z", "other", "e6@x"),
-        // The same id twice: stored and counted once.
-        ev(13, EventType::Delivered, "2026-05-01T18:11:00Z", "edge", "e1@x"),
-        ev(13, EventType::Delivered, "2026-05-01T18:11:00Z", "edge", "e1@x"),
-        Event { tenant: "globex".into(), ..ev(14, EventType::Sent, "2026-05-01T12:00:00Z", "edge", "<e1@x>") },
-    ]
-}
-
-fn queries(now: NaiveDate) -> Vec<OverviewQuery> {
+/// Overview query strings over ranges, time zones and campaigns.
+fn overview_queries(now: NaiveDate) -> Vec<String> {
     let d = |y, m, dd| NaiveDate::from_ymd_opt(y, m, dd).unwrap();
     let mut out = Vec::new();
     let ranges = [(d(2026, 5, 1), d(2026, 5, 3)), (now - chrono::Days::new(7), now), (now - chrono::Days::new(90), now), (now, now)];
-    let zones = [chrono_tz::UTC, chrono_tz::Asia::Kathmandu, chrono_tz::America::New_York, chrono_tz::Asia::Tokyo];
+    let zones = ["UTC", "Asia/Kathmandu", "America/New_York", "Asia/Tokyo"];
     for (i, (from, to)) in ranges.into_iter().enumerate() {
         for tz in zones {
             for campaign in [None, Some("edge"), Some("other"), Some("nope")] {
                 if i > 0 && campaign.is_some_and(|c| c != "edge") {
                     continue;
                 }
-                out.push(OverviewQuery { from, to, campaign: campaign.map(String::from), tz });
+                let mut q = format!("from={from}&to={to}&tz={tz}");
+                if let Some(c) = campaign {
+                    q.push_str(&format!("&campaign={c}"));
+                }
+                out.push(q);
             }
         }
     }
     out
+}
+
+async fn overview(store: &dyn EventStore, tenant: &str, query: &str) -> serde_json::Value {
+    let d = dashboards().into_iter().find(|d| d.name == "overview").unwrap();
+    (d.answer)(store, tenant, query).await.unwrap_or_else(|e| panic!("{query}: {:?}", e.errors))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,40 +75,39 @@ async fn clickhouse_answers_every_typed_query_like_the_embedded_store() {
 
     let mut compared = 0;
     for tenant in ["acme", "globex", "initech", "nobody"] {
-        for q in queries(now.date_naive()) {
-            let a = embedded.query(tenant, Query::Overview(q.clone())).await.unwrap();
-            let b = clickhouse.query(tenant, Query::Overview(q.clone())).await.unwrap();
-            assert_eq!(a, b, "overview of {tenant} for {q:?}");
-            compared += 1;
+        for dashboard in dashboards() {
+            let queries = if dashboard.name == "overview" { overview_queries(now.date_naive()) } else { vec![String::new()] };
+            for q in queries {
+                let a = (dashboard.answer)(&embedded, tenant, &q).await.unwrap();
+                let b = (dashboard.answer)(&clickhouse, tenant, &q).await.unwrap();
+                assert_eq!(a, b, "{} of {tenant} for {q}", dashboard.name);
+                compared += 1;
+            }
         }
-        let a = embedded.query(tenant, Query::Campaigns).await.unwrap();
-        let b = clickhouse.query(tenant, Query::Campaigns).await.unwrap();
-        assert_eq!(a, b, "campaigns of {tenant}");
         for e in events.iter().filter(|e| e.tenant == tenant).step_by(997).chain(&events[..2]) {
             for id in [e.message_id.clone(), format!("<{}>", e.message_id.trim_matches(|c| c == '<' || c == '>')), "unknown@x".into()] {
-                let q = Query::Message { message_id: id.clone() };
-                assert_eq!(embedded.query(tenant, q.clone()).await.unwrap(), clickhouse.query(tenant, q).await.unwrap(), "message {id} of {tenant}");
+                assert_eq!(embedded.message(tenant, &id).await.unwrap(), clickhouse.message(tenant, &id).await.unwrap(), "message {id} of {tenant}");
             }
         }
     }
     assert!(compared > 100);
 
     // The hand-made cases came out as designed, not merely equal.
-    let may = OverviewQuery {
-        from: NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(),
-        to: NaiveDate::from_ymd_opt(2026, 5, 3).unwrap(),
-        campaign: Some("edge".into()),
-        tz: chrono_tz::Asia::Kathmandu,
-    };
-    let Answer::Overview(o) = clickhouse.query("acme", Query::Overview(may)).await.unwrap() else { panic!() };
-    assert_eq!((o.totals.opens, o.totals.unique_opens, o.totals.clicks), (3, 1, 2));
-    assert_eq!((o.totals.hard_bounces, o.totals.soft_bounces, o.totals.unsubscribes, o.totals.delivered), (1, 1, 1, 1));
-    assert_eq!(o.totals.revenue_micros, 12_340_000);
-    // Kathmandu: 18:14:59 UTC is 1 May, 18:15 UTC is 2 May; the first open (18:20 UTC) is 2 May.
-    let clicks: Vec<u64> = o.daily.iter().map(|d| d.totals.clicks).collect();
-    assert_eq!(clicks, vec![1, 1, 0]);
-    let unique: Vec<u64> = o.daily.iter().map(|d| d.totals.unique_opens).collect();
-    assert_eq!(unique, vec![0, 1, 0]);
+    let o = overview(&clickhouse, "acme", "from=2026-05-01&to=2026-05-03&tz=Asia/Kathmandu&campaign=edge").await;
+    let t = &o["totals"];
+    // e1's three opens and e7's first; e1 and e7 count once each.
+    assert_eq!((t["opens"].as_u64(), t["unique_opens"].as_u64(), t["clicks"].as_u64()), (Some(4), Some(2), Some(2)));
+    let n = |k: &str| t[k].as_u64().unwrap();
+    assert_eq!((n("hard_bounces"), n("soft_bounces"), n("unsubscribes"), n("delivered")), (1, 1, 1, 1));
+    assert_eq!(t["revenue_micros"].as_i64(), Some(12_340_000));
+    let daily = |k: &str| o["daily"].as_array().unwrap().iter().map(|d| d[k].as_u64().unwrap()).collect::<Vec<_>>();
+    // Kathmandu: 18:14:59 UTC is 1 May, 18:15 UTC is 2 May; e1's first open (18:20 UTC) is 2 May,
+    // e7's (09:00 UTC) is 1 May.
+    assert_eq!(daily("clicks"), vec![1, 1, 0]);
+    assert_eq!(daily("unique_opens"), vec![1, 1, 0]);
+    // e7 was first opened in `edge`: its later open in `other` is not a unique open there.
+    let other = overview(&embedded, "acme", "from=2026-05-01&to=2026-05-03&campaign=other").await;
+    assert_eq!((other["totals"]["opens"].as_u64(), other["totals"]["unique_opens"].as_u64()), (Some(1), Some(0)));
 
     // A batch large enough to go in parts (each part's lookup overlapping the insert of the one
     // before), with the stored events in its middle: only the new ones go in, once.
@@ -160,26 +136,23 @@ async fn clickhouse_keeps_tenants_apart_and_refuses_bad_ranges() {
     events.push(Event { tenant: "x' OR '1'='1".into(), ..events[0].clone() });
     events.last_mut().unwrap().event_id = Uuid::from_u128(99);
     store.insert(&events).await.unwrap();
-    let q = |campaign: Option<&str>| OverviewQuery {
-        from: NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(),
-        to: NaiveDate::from_ymd_opt(2026, 5, 3).unwrap(),
-        campaign: campaign.map(String::from),
-        tz: chrono_tz::UTC,
+    let sent = |o: serde_json::Value| o["totals"]["sent"].as_u64().unwrap();
+    let range = "from=2026-05-01&to=2026-05-03";
+    assert_eq!(sent(overview(&store, "acme", range).await), 1);
+    assert_eq!(sent(overview(&store, "globex", range).await), 1);
+    assert_eq!(sent(overview(&store, "x' OR '1'='1", range).await), 1);
+    assert_eq!(sent(overview(&store, "nobody", &format!("{range}&campaign=edge")).await), 0);
+    let campaigns = dashboards().into_iter().find(|d| d.name == "campaigns").unwrap();
+    let c = (campaigns.answer)(&store, "globex", "").await.unwrap();
+    assert_eq!(c["campaigns"].as_array().unwrap().len(), 1, "globex sees only its own campaign: {c}");
+    assert_eq!(store.message("globex", "e6@x").await.unwrap(), None, "acme's message is not globex's");
+    let reversed = mailpipe_store::Aggregate {
+        frame: Some(mailpipe_store::Frame::new(NaiveDate::from_ymd_opt(2026, 5, 3).unwrap(), NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(), chrono_tz::UTC, mailpipe_store::Grain::Day)),
+        filters: Default::default(),
+        group_by: vec![],
+        measures: vec![mailpipe_store::Measure::RevenueMicros],
     };
-    let sent = |a: Answer| match a {
-        Answer::Overview(o) => o.totals.sent,
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(sent(store.query("acme", Query::Overview(q(None))).await.unwrap()), 1);
-    assert_eq!(sent(store.query("globex", Query::Overview(q(None))).await.unwrap()), 1);
-    assert_eq!(sent(store.query("x' OR '1'='1", Query::Overview(q(None))).await.unwrap()), 1);
-    assert_eq!(sent(store.query("nobody", Query::Overview(q(Some("edge")))).await.unwrap()), 0);
-    let Answer::Campaigns(c) = store.query("globex", Query::Campaigns).await.unwrap() else { panic!() };
-    assert_eq!(c.len(), 1, "globex sees only its own campaign: {c:?}");
-    let Answer::Message(m) = store.query("globex", Query::Message { message_id: "e6@x".into() }).await.unwrap() else { panic!() };
-    assert_eq!(m, None, "acme's message is not globex's");
-    let reversed = OverviewQuery { from: NaiveDate::from_ymd_opt(2026, 5, 3).unwrap(), to: NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(), ..q(None) };
-    assert!(store.query("acme", Query::Overview(reversed)).await.is_err());
+    assert!(matches!(store.aggregate("acme", &reversed).await, Err(StoreError::Query(QueryError::Reversed { .. }))));
 }
 
 /// Every DDL statement and query template, rendered for a modern server, runs on ClickHouse

@@ -63,3 +63,20 @@ pub fn authorize(headers: &HeaderMap, registry: &Registry, needed: Scope) -> Res
     }
     Ok(principal)
 }
+
+/// A request authenticated by a key that may read: in a handler's arguments, it refuses the
+/// request (401/403) before the handler runs. The state must give the tenant registry.
+pub struct ReadKey(pub Principal);
+
+impl<S> axum::extract::FromRequestParts<S> for ReadKey
+where
+    S: Send + Sync,
+    std::sync::Arc<Registry>: axum::extract::FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let registry = <std::sync::Arc<Registry> as axum::extract::FromRef<S>>::from_ref(state);
+        authorize(&parts.headers, &registry, Scope::Read).map(ReadKey)
+    }
+}

@@ -7,7 +7,7 @@ use chrono::Utc;
 use mailpipe_bus::{commit_points, EventBus, Message, Record, DEAD_LETTER_TOPIC, EVENTS_TOPIC, INBOUND_TOPIC};
 use mailpipe_inbound::{classify, Classification, Kind, Reason};
 use mailpipe_schemas::{BounceClass, Event, EventType, InboundEnvelope};
-use mailpipe_store::{Answer, EventStore, Query, SentMessage};
+use mailpipe_store::{EventStore, SentMessage};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -96,7 +96,7 @@ impl InboundRunner {
             };
             if !records.is_empty() {
                 let next = commit_points(&records);
-                let (events, dead) = self.handle(&records).await;
+                let (events, dead) = self.handle(&records).await?;
                 if !dead.is_empty() {
                     retry("publishing dead letters", || self.bus.publish(DEAD_LETTER_TOPIC, dead.clone())).await?;
                 }
@@ -110,7 +110,10 @@ impl InboundRunner {
         }
     }
 
-    async fn handle(&self, records: &[Record]) -> (Vec<Event>, Vec<Message>) {
+    /// Classifies and joins each message. A store that cannot answer the join is waited for
+    /// (with backoff, nothing acknowledged meanwhile): the events' ids are derived from the
+    /// message, so a join given up once would file them under `(unmatched)` for good.
+    async fn handle(&self, records: &[Record]) -> Result<(Vec<Event>, Vec<Message>), RunnerError> {
         let mut events = Vec::new();
         let mut dead = Vec::new();
         for record in records {
@@ -127,14 +130,14 @@ impl InboundRunner {
             let mut sends = Vec::new();
             let ids = classification.original_message_id.iter().chain(classification.thread.candidate_message_ids.iter());
             for id in ids {
-                if let Ok(Answer::Message(Some(send))) = self.store.query(&envelope.tenant, Query::Message { message_id: id.clone() }).await {
+                if let Some(send) = retry("joining inbound mail to its send", || self.store.message(&envelope.tenant, id)).await? {
                     sends.push((id.clone(), send));
                 }
             }
             let join = |id: &str| sends.iter().find(|(known, _)| known == id).map(|(_, s)| s.clone());
             events.extend(inbound_events(&envelope, &classification, &join));
         }
-        (events, dead)
+        Ok((events, dead))
     }
 }
 

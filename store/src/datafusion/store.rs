@@ -1,16 +1,17 @@
 use super::convert::{apply_batch, to_batch};
 use super::files::{self, DataFile};
 use super::DataFusionStoreConfig;
-use crate::query::{Answer, Query, Totals};
+use crate::aggregate::sql::{self, Bind, Dialect, Family, PartialRow, Sql};
+use crate::aggregate::{Accumulator, MESSAGE_KEY_REGEX};
 use crate::rollup::{Rollup, RowRef};
-use crate::{EventStore, OverviewQuery, StoreError};
+use crate::{Aggregate, AggregateAnswer, EventStore, SentMessage, StoreError};
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
-use datafusion::datasource::MemTable;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
-use mailpipe_schemas::{arrow_schema, Event, EventType};
+use mailpipe_schemas::{arrow_schema, Event};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -77,64 +78,59 @@ impl DataFusionEventStore {
         self.files.read().await.len()
     }
 
-    /// The overview totals computed by scanning raw rows with DataFusion SQL instead of the
-    /// rollup: the reference the rollup is checked and benchmarked against.
-    pub async fn scan_totals(&self, tenant: &str, q: &OverviewQuery) -> Result<Totals, StoreError> {
+    /// The answer computed by DataFusion from raw rows alone (no rollup): the reference the
+    /// rollup is checked and benchmarked against.
+    pub async fn scan(&self, tenant: &str, q: &Aggregate) -> Result<AggregateAnswer, StoreError> {
         q.validate()?;
-        let (_, bounds) = q.day_boundaries();
-        let (from, to) = (bounds[0], bounds[bounds.len() - 1]);
+        let queries = [
+            (Family::Counts, sql::raw_counts(&DIALECT, q, tenant)),
+            (Family::Firsts, sql::raw_firsts(&DIALECT, q, tenant)),
+            (Family::Distinct, sql::raw_distinct(&DIALECT, q, tenant)),
+        ];
+        Ok(self.run(q, queries.into_iter()).await?.answer(q))
+    }
+
+    /// Runs shared SQL queries over the stored files and the tail, folding their rows.
+    async fn run(&self, q: &Aggregate, queries: impl Iterator<Item = (Family, Option<Sql>)>) -> Result<Accumulator, StoreError> {
+        let mut acc = Accumulator::default();
+        let queries: Vec<(Family, Sql)> = queries.filter_map(|(f, s)| s.map(|s| (f, s))).collect();
+        if queries.is_empty() {
+            return Ok(acc);
+        }
         let files = self.files.read().await;
         let ctx = SessionContext::new_with_config(
             SessionConfig::new().set_bool("datafusion.execution.parquet.schema_force_view_types", false),
         );
         let tail: Vec<Event> = self.tail.lock().clone();
         let tail_batch = to_batch(&tail.iter().collect::<Vec<_>>())?;
-        ctx.register_table("tail", Arc::new(MemTable::try_new(arrow_schema(), vec![vec![tail_batch]]).map_err(engine)?))
-            .map_err(engine)?;
-        let source = if files.is_empty() {
-            "tail".to_string()
+        let tail = ctx.read_batch(tail_batch).map_err(engine)?;
+        let events = if files.is_empty() {
+            tail
         } else {
             let paths: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
             let schema = arrow_schema();
-            let stored = ctx
-                .read_parquet(paths, ParquetReadOptions::default().schema(&schema))
-                .await
-                .map_err(engine)?;
-            ctx.register_table("stored", stored.into_view()).map_err(engine)?;
-            "(SELECT * FROM stored UNION ALL SELECT * FROM tail)".to_string()
+            let stored = ctx.read_parquet(paths, ParquetReadOptions::default().schema(&schema)).await.map_err(engine)?;
+            stored.union(tail).map_err(engine)?
         };
-        let campaign = if q.campaign.is_some() { "AND campaign = $4" } else { "" };
-        let counts_sql = format!(
-            "SELECT type, bounce_class, count(*) AS n, sum(revenue_micros) AS revenue FROM {source} AS e \
-             WHERE tenant = $1 AND occurred_at >= $2 AND occurred_at < $3 {campaign} GROUP BY type, bounce_class"
-        );
-        let firsts_sql = format!(
-            "SELECT type, NULL AS bounce_class, count(*) AS n, CAST(0 AS BIGINT) AS revenue FROM ( \
-               SELECT type, message_id, min(occurred_at) AS first_at FROM {source} AS e \
-               WHERE tenant = $1 AND type IN ('open', 'click', 'unsubscribe', 'complaint') {campaign} \
-               GROUP BY type, message_id) AS f \
-             WHERE first_at >= $2 AND first_at < $3 GROUP BY type"
-        );
-        let ts = |ms| ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into()));
-        let mut params = vec![ScalarValue::from(tenant), ts(from), ts(to)];
-        if let Some(c) = &q.campaign {
-            params.push(ScalarValue::from(c.as_str()));
-        }
-        let mut totals = Totals::default();
-        for (sql, firsts) in [(counts_sql, false), (firsts_sql, true)] {
-            let batches = ctx
-                .sql(&sql)
-                .await
-                .and_then(|df| df.with_param_values(params.clone()))
-                .map_err(engine)?
-                .collect()
-                .await
-                .map_err(engine)?;
+        ctx.register_table(DIALECT.events_table(), events.into_view()).map_err(engine)?;
+        for (family, query) in queries {
+            let params: Vec<ScalarValue> = query
+                .binds
+                .iter()
+                .map(|b| match b {
+                    Bind::Str(s) => ScalarValue::from(s.as_str()),
+                    Bind::Ms(ms) => ScalarValue::TimestampMillisecond(Some(*ms), Some("UTC".into())),
+                })
+                .collect();
+            let df = ctx.sql(&query.text).await.map_err(|e| engine(format!("{e}\n{}", query.text)))?;
+            let batches = df.with_param_values(params).map_err(engine)?.collect().await.map_err(engine)?;
             for b in &batches {
-                add_counts(&mut totals, b, firsts)?;
+                for row in partial_rows(b)? {
+                    sql::fold(&mut acc, q, family, row);
+                }
             }
         }
-        Ok(totals)
+        Ok(acc)
     }
 
     async fn compact_if_needed(&self) -> Result<(), StoreError> {
@@ -163,40 +159,76 @@ impl DataFusionEventStore {
     }
 }
 
-/// Adds one result batch of `scan_totals` (type, bounce_class, n, revenue) to `totals`.
-fn add_counts(totals: &mut Totals, batch: &RecordBatch, firsts: bool) -> Result<(), StoreError> {
-    let bad = || engine("unexpected result shape");
-    let kind = batch.column(0).as_string_opt::<i32>().ok_or_else(bad)?;
-    let bounce = batch.column(1);
-    let bounce = bounce.as_string_opt::<i32>();
-    let n = batch.column(2).as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
-    let revenue = batch.column(3).as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
-    for i in 0..batch.num_rows() {
-        let count = n.value(i) as u64;
-        let hard = bounce.is_some_and(|b| !b.is_null(i) && b.value(i) == "hard");
-        let t = &mut *totals;
-        match (EventType::parse(kind.value(i)).ok_or_else(bad)?, firsts) {
-            (EventType::Sent, _) => t.sent += count,
-            (EventType::Delivered, _) => t.delivered += count,
-            (EventType::Deferred, _) => t.deferred += count,
-            (EventType::Bounced, _) if hard => t.hard_bounces += count,
-            (EventType::Bounced, _) => t.soft_bounces += count,
-            (EventType::Open, false) => t.opens += count,
-            (EventType::Open, true) => t.unique_opens += count,
-            (EventType::Click, false) => t.clicks += count,
-            (EventType::Click, true) => t.unique_clicks += count,
-            (EventType::Unsubscribe, true) => t.unsubscribes += count,
-            (EventType::Complaint, true) => t.complaints += count,
-            (EventType::Unsubscribe | EventType::Complaint, false) => {}
-            (EventType::Reply, _) => t.replies += count,
-            (EventType::AutoReply, _) => t.auto_replies += count,
-            (EventType::Conversion, _) => {
-                t.conversions += count;
-                t.revenue_micros += if revenue.is_null(i) { 0 } else { revenue.value(i) };
-            }
-        }
+/// The rows of a shared query's result (b, d0, d1, d2, t, bc, n, rev, fms, lms).
+fn partial_rows(batch: &RecordBatch) -> Result<Vec<PartialRow>, StoreError> {
+    if batch.num_columns() != 10 {
+        return Err(engine("unexpected result shape"));
     }
-    Ok(())
+    let column = |i: usize, to: &DataType| cast(batch.column(i), to).map_err(engine);
+    let ints: Vec<_> = [0, 6, 7, 8, 9].iter().map(|&i| column(i, &DataType::Int64)).collect::<Result<_, _>>()?;
+    let strs: Vec<_> = [1, 2, 3, 4, 5].iter().map(|&i| column(i, &DataType::Utf8)).collect::<Result<_, _>>()?;
+    let int = |c: usize, row: usize| {
+        let a = ints[c].as_primitive::<Int64Type>();
+        if a.is_null(row) { 0 } else { a.value(row) }
+    };
+    let text = |c: usize, row: usize| {
+        let a = strs[c].as_string::<i32>();
+        if a.is_null(row) { String::new() } else { a.value(row).to_string() }
+    };
+    Ok((0..batch.num_rows())
+        .map(|r| PartialRow {
+            bucket: int(0, r),
+            d0: text(0, r),
+            d1: text(1, r),
+            d2: text(2, r),
+            event_type: text(3, r),
+            bounce_class: text(4, r),
+            n: int(1, r),
+            revenue_micros: int(2, r),
+            first_ms: int(3, r),
+            last_ms: int(4, r),
+        })
+        .collect())
+}
+
+/// DataFusion's SQL over the registered view `e` of every stored row.
+struct DataFusionDialect;
+const DIALECT: DataFusionDialect = DataFusionDialect;
+
+impl Dialect for DataFusionDialect {
+    fn placeholder(&self, n: usize) -> String {
+        format!("${n}")
+    }
+    fn int_div(&self, a: String, b: i64) -> String {
+        format!("({a} / {b})")
+    }
+    fn int64(&self, e: &str) -> String {
+        format!("CAST({e} AS BIGINT)")
+    }
+    fn count_distinct(&self, e: &str) -> String {
+        format!("count(DISTINCT {e})")
+    }
+    fn events_table(&self) -> &str {
+        "e"
+    }
+    fn ms(&self) -> &str {
+        "CAST(occurred_at AS BIGINT)"
+    }
+    fn bounce_class(&self) -> &str {
+        "coalesce(bounce_class, '')"
+    }
+    fn message_key(&self) -> String {
+        format!("regexp_replace(message_id, '{MESSAGE_KEY_REGEX}', '', 'g')")
+    }
+    fn first_by_time(&self, column: &str) -> String {
+        format!("first_value({column} ORDER BY occurred_at)")
+    }
+    fn time_at_least(&self, sql: &mut Sql, ms: i64) -> String {
+        format!("occurred_at >= {}", sql.bind(self, Bind::Ms(ms)))
+    }
+    fn time_before(&self, sql: &mut Sql, ms: i64) -> String {
+        format!("occurred_at < {}", sql.bind(self, Bind::Ms(ms)))
+    }
 }
 
 #[async_trait]
@@ -253,15 +285,19 @@ impl EventStore for DataFusionEventStore {
         self.compact_if_needed().await
     }
 
-    async fn query(&self, tenant: &str, query: Query) -> Result<Answer, StoreError> {
-        match query {
-            Query::Overview(q) => {
-                q.validate()?;
-                Ok(Answer::Overview(self.rollup.read().overview(tenant, &q)))
-            }
-            Query::Campaigns => Ok(Answer::Campaigns(self.rollup.read().campaigns(tenant))),
-            Query::Message { message_id } => Ok(Answer::Message(self.rollup.read().sent_message(tenant, &message_id))),
+    /// From the rollup; distinct recipients (which no pre-aggregate can sum) by DataFusion
+    /// over the raw rows.
+    async fn aggregate(&self, tenant: &str, q: &Aggregate) -> Result<AggregateAnswer, StoreError> {
+        q.validate()?;
+        let mut acc = self.rollup.read().aggregate(tenant, q);
+        if let Some(distinct) = sql::raw_distinct(&DIALECT, q, tenant) {
+            acc.merge(self.run(q, [(Family::Distinct, Some(distinct))].into_iter()).await?);
         }
+        Ok(acc.answer(q))
+    }
+
+    async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<SentMessage>, StoreError> {
+        Ok(self.rollup.read().sent_message(tenant, message_id))
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

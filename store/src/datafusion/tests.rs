@@ -1,5 +1,5 @@
 use super::*;
-use crate::{Answer, EventStore, OverviewQuery, Query, Totals};
+use crate::{Aggregate, AggregateAnswer, Dimension, EventStore, Filters, Frame, Grain, Measure};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use mailpipe_schemas::{BounceClass, Event, EventType};
 use rand::rngs::StdRng;
@@ -22,7 +22,7 @@ fn fixture(seed: u64, n: usize) -> Vec<Event> {
                 received_at: at,
                 campaign: format!("c{}", msg % 3),
                 variant: ["", "A", "B"][msg % 3].into(),
-                message_id: format!("<m{msg}@x>"),
+                message_id: if rng.random_bool(0.5) { format!("<m{msg}@x>") } else { format!("m{msg}@x") },
                 recipient: format!("r{msg}@gmail.com"),
                 link: (t == EventType::Click).then(|| "https://x.test/".into()),
                 bounce_class: (t == EventType::Bounced)
@@ -42,23 +42,35 @@ fn day(d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 5, d).unwrap()
 }
 
-fn queries() -> Vec<OverviewQuery> {
+fn q(from: u32, to: u32, tz: chrono_tz::Tz, grain: Grain, campaign: Option<&str>, group_by: Vec<Dimension>) -> Aggregate {
+    Aggregate {
+        frame: Some(Frame::new(day(from), day(to), tz, grain)),
+        filters: Filters { campaign: campaign.map(String::from), variant: None },
+        group_by,
+        measures: Measure::all(),
+    }
+}
+
+fn queries() -> Vec<Aggregate> {
     let mut out = Vec::new();
     for (from, to) in [(1, 10), (3, 5), (7, 7), (1, 1)] {
         for tz in [chrono_tz::UTC, chrono_tz::America::Los_Angeles, chrono_tz::Asia::Kolkata] {
-            for campaign in [None, Some("c1".to_string()), Some("missing".to_string())] {
-                out.push(OverviewQuery { from: day(from), to: day(to), campaign: campaign.clone(), tz });
+            for campaign in [None, Some("c1"), Some("missing")] {
+                out.push(q(from, to, tz, Grain::Day, campaign, vec![]));
             }
         }
     }
+    for grain in [Grain::Total, Grain::HourOfWeek] {
+        for group_by in [vec![], vec![Dimension::Campaign], vec![Dimension::Variant, Dimension::Campaign]] {
+            out.push(q(2, 9, chrono_tz::Asia::Kathmandu, grain, None, group_by));
+        }
+    }
+    out.push(Aggregate { frame: None, ..q(1, 1, chrono_tz::UTC, Grain::Total, None, vec![Dimension::Campaign, Dimension::Variant]) });
     out
 }
 
-async fn totals(store: &DataFusionEventStore, tenant: &str, q: &OverviewQuery) -> Totals {
-    match store.query(tenant, Query::Overview(q.clone())).await.unwrap() {
-        Answer::Overview(o) => o.totals,
-        other => panic!("unexpected answer {other:?}"),
-    }
+async fn answer(store: &DataFusionEventStore, tenant: &str, q: &Aggregate) -> AggregateAnswer {
+    store.aggregate(tenant, q).await.unwrap()
 }
 
 #[tokio::test]
@@ -72,10 +84,10 @@ async fn rollup_answers_match_a_raw_scan_before_and_after_flush() {
     let mut nonzero = 0;
     for q in queries() {
         for tenant in ["a", "b", "nobody"] {
-            let rolled = totals(&store, tenant, &q).await;
-            let scanned = store.scan_totals(tenant, &q).await.unwrap();
+            let rolled = answer(&store, tenant, &q).await;
+            let scanned = store.scan(tenant, &q).await.unwrap();
             assert_eq!(rolled, scanned, "tenant {tenant}, query {q:?}");
-            nonzero += usize::from(rolled.sent > 0 && rolled.unique_opens > 0);
+            nonzero += usize::from(rolled.rows.iter().any(|r| r.values.iter().all(|&v| v != 0)));
         }
     }
     assert!(nonzero > 10, "fixture too sparse to prove anything");
@@ -85,21 +97,21 @@ async fn rollup_answers_match_a_raw_scan_before_and_after_flush() {
 async fn flushed_events_survive_reopen_and_are_never_counted_twice() {
     let dir = tempfile::tempdir().unwrap();
     let events = fixture(11, 2000);
-    let q = OverviewQuery { from: day(1), to: day(10), campaign: None, tz: chrono_tz::UTC };
+    let q = q(1, 10, chrono_tz::UTC, Grain::Day, None, vec![Dimension::Campaign]);
     let before = {
         let store = DataFusionEventStore::open(DataFusionStoreConfig::new(dir.path())).await.unwrap();
         assert_eq!(store.insert(&events).await.unwrap(), 2000);
         assert_eq!(store.insert(&events[..500]).await.unwrap(), 0, "duplicates inserted");
         store.flush().await.unwrap();
-        totals(&store, "a", &q).await
+        answer(&store, "a", &q).await
     };
     let store = DataFusionEventStore::open(DataFusionStoreConfig::new(dir.path())).await.unwrap();
     assert_eq!(store.event_count(), 2000);
-    assert_eq!(totals(&store, "a", &q).await, before);
+    assert_eq!(answer(&store, "a", &q).await, before);
     // A redelivery after restart is recognised too.
     assert_eq!(store.insert(&events).await.unwrap(), 0);
-    assert_eq!(totals(&store, "a", &q).await, before);
-    assert_eq!(store.scan_totals("a", &q).await.unwrap(), before);
+    assert_eq!(answer(&store, "a", &q).await, before);
+    assert_eq!(store.scan("a", &q).await.unwrap(), before);
 }
 
 #[tokio::test]
@@ -123,13 +135,13 @@ async fn compaction_merges_small_files_and_a_crash_midway_counts_nothing_twice()
     let mut config = DataFusionStoreConfig::new(dir.path());
     config.compact_after_files = 4;
     let events = fixture(5, 2000);
-    let q = OverviewQuery { from: day(1), to: day(10), campaign: None, tz: chrono_tz::UTC };
+    let q = q(1, 10, chrono_tz::UTC, Grain::Day, None, vec![Dimension::Campaign]);
     let store = DataFusionEventStore::open(config.clone()).await.unwrap();
     for chunk in events.chunks(100) {
         store.insert(&chunk).await.unwrap();
         store.flush().await.unwrap();
     }
-    let expected = totals(&store, "b", &q).await;
+    let expected = answer(&store, "b", &q).await;
     // 20 flushes over 10 days would be ~200 files; compaction keeps each day at 4 or fewer.
     let files = store.file_count().await;
     assert!(files <= 10 * 4, "{files} files left after compaction");
@@ -150,7 +162,7 @@ async fn compaction_merges_small_files_and_a_crash_midway_counts_nothing_twice()
 
     let store = DataFusionEventStore::open(config).await.unwrap();
     assert_eq!(store.event_count(), 2000);
-    assert_eq!(totals(&store, "b", &q).await, expected);
-    assert_eq!(store.scan_totals("b", &q).await.unwrap(), expected);
+    assert_eq!(answer(&store, "b", &q).await, expected);
+    assert_eq!(store.scan("b", &q).await.unwrap(), expected);
     assert!(parsed.iter().all(|f| !f.path.exists()), "superseded files left behind");
 }

@@ -1,0 +1,150 @@
+//! Dashboards as small modules: each analytics endpoint is one file that turns its parameters
+//! into `Aggregate` questions and shapes the answer. One generic handler serves them all and
+//! one list (`dashboards()`) registers them, so the router, the authorization (the `ReadKey`
+//! extractor) and the golden cases (`query/cases/<name>/`) all come from that list.
+
+pub mod campaigns;
+pub mod overview;
+
+use crate::QueryState;
+use axum::extract::{Query as UrlQuery, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{Duration, NaiveDate, Utc};
+use chrono_tz::Tz;
+use mailpipe_http::{ApiError, ReadKey};
+use mailpipe_store::{EventStore, Frame, Grain, QueryError, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::pin::Pin;
+
+pub trait Dashboard: 'static {
+    /// Its name: the folder of its golden cases.
+    const NAME: &'static str;
+    const PATH: &'static str;
+    /// The URL query parameters.
+    type Params: DeserializeOwned + Send + 'static;
+    type Answer: Serialize + Send + 'static;
+
+    fn answer(store: &dyn EventStore, tenant: &str, params: Self::Params) -> impl Future<Output = Result<Self::Answer, ApiError>> + Send;
+}
+
+async fn handle<D: Dashboard>(
+    State(state): State<QueryState>,
+    ReadKey(principal): ReadKey,
+    params: Result<UrlQuery<D::Params>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<D::Answer>, ApiError> {
+    let UrlQuery(params) = params.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+    Ok(Json(D::answer(state.store.as_ref(), &principal.tenant, params).await?))
+}
+
+type JsonFuture<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, ApiError>> + Send + 'a>>;
+
+/// A registered dashboard.
+pub struct Entry {
+    pub name: &'static str,
+    pub path: &'static str,
+    route: fn(Router<QueryState>) -> Router<QueryState>,
+    /// The answer to a URL query string (`from=...&tz=...`), as JSON: what the endpoint
+    /// would send, without HTTP (golden cases, parity).
+    pub answer: for<'a> fn(&'a dyn EventStore, &'a str, &'a str) -> JsonFuture<'a>,
+}
+
+fn entry<D: Dashboard>() -> Entry {
+    Entry {
+        name: D::NAME,
+        path: D::PATH,
+        route: |router| router.route(D::PATH, get(handle::<D>)),
+        answer: |store, tenant, query| {
+            Box::pin(async move {
+                let uri: axum::http::Uri = format!("/?{query}").parse().map_err(|_| ApiError::bad_request("query", "not a URL query string"))?;
+                let UrlQuery(params) = UrlQuery::<D::Params>::try_from_uri(&uri).map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+                let answer = D::answer(store, tenant, params).await?;
+                serde_json::to_value(answer).map_err(|e| ApiError::unavailable(e.to_string()))
+            })
+        },
+    }
+}
+
+/// Every dashboard, in the order of the documentation.
+pub fn dashboards() -> Vec<Entry> {
+    vec![entry::<overview::Overview>(), entry::<campaigns::Campaigns>()]
+}
+
+pub(crate) fn routes(mut router: Router<QueryState>) -> Router<QueryState> {
+    for d in dashboards() {
+        router = (d.route)(router);
+    }
+    router
+}
+
+/// The frame of a request's `from`, `to` (dates, inclusive) and `tz` (IANA name): `to`
+/// defaults to today in `tz`, `from` to 29 days before `to`, `tz` to UTC.
+pub fn frame(from: Option<&str>, to: Option<&str>, tz: Option<&str>, grain: Grain) -> Result<Frame, ApiError> {
+    let tz: Tz = match tz.filter(|s| !s.is_empty()) {
+        None => chrono_tz::UTC,
+        Some(name) => name.parse().map_err(|_| ApiError::bad_request("tz", format!("unknown time zone {name:?}; use an IANA name such as Europe/Paris")))?,
+    };
+    let date = |field: &str, value: &str| {
+        NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| ApiError::bad_request(field, "must be a date YYYY-MM-DD"))
+    };
+    let to = match to.filter(|s| !s.is_empty()) {
+        Some(s) => date("to", s)?,
+        None => Utc::now().with_timezone(&tz).date_naive(),
+    };
+    let from = match from.filter(|s| !s.is_empty()) {
+        Some(s) => date("from", s)?,
+        None => to - Duration::days(29),
+    };
+    let frame = Frame::new(from, to, tz, grain);
+    frame.validate().map_err(|e| ApiError::bad_request(if matches!(e, QueryError::TooLong(_)) { "to" } else { "from" }, e.to_string()))?;
+    Ok(frame)
+}
+
+/// The one mapping of store errors for dashboards: a bad question is the caller's (400), the
+/// rest is the store's (503, retry).
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Query(q) => ApiError::bad_request("query", q.to_string()),
+        other => {
+            tracing::error!(error = %other, "store query failed");
+            ApiError::unavailable("the store cannot answer right now; retry")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_cover_the_last_thirty_days() {
+        let f = frame(None, Some("2026-11-21"), None, Grain::Day).unwrap();
+        assert_eq!(f.from, NaiveDate::from_ymd_opt(2026, 10, 23).unwrap());
+        assert_eq!(f.tz, chrono_tz::UTC);
+    }
+
+    #[test]
+    fn bad_parameters_name_their_field() {
+        let field = |from, to, tz| frame(from, to, tz, Grain::Day).unwrap_err().errors[0].field.clone();
+        assert_eq!(field(Some("21/11/2026"), None, None), "from");
+        assert_eq!(field(None, None, Some("Mars/Olympus")), "tz");
+        assert_eq!(field(Some("2026-11-22"), Some("2026-11-21"), None), "from");
+        assert_eq!(field(Some("2000-01-01"), Some("2026-11-21"), None), "to");
+        assert_eq!(field(Some("1969-12-01"), Some("1969-12-31"), None), "from");
+    }
+
+    #[test]
+    fn every_dashboard_has_its_own_path_and_golden_folder() {
+        let all = dashboards();
+        let mut paths: Vec<&str> = all.iter().map(|d| d.path).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), all.len());
+        for d in &all {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cases").join(d.name);
+            assert!(dir.is_dir(), "no golden cases for {} in {}", d.name, dir.display());
+        }
+    }
+}
