@@ -154,6 +154,18 @@ async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> 
         latencies.len(), percentile(&latencies, 0.5), percentile(&latencies, 0.95), percentile(&latencies, 0.99), latencies.last().copied().unwrap_or(f64::NAN)
     );
 
+    let mut campaign_ms = Vec::new();
+    for _ in 0..(queries / 3).max(1) {
+        let t = Instant::now();
+        client.get(format!("http://{addr}/v1/campaigns")).bearer_auth(&key).send().await?.error_for_status()?.bytes().await?;
+        campaign_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    campaign_ms.sort_by(f64::total_cmp);
+    println!(
+        "campaigns over HTTP ({} queries): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+        campaign_ms.len(), percentile(&campaign_ms, 0.5), percentile(&campaign_ms, 0.95), percentile(&campaign_ms, 0.99)
+    );
+
     let mut scan_ms = Vec::new();
     for (days, campaign, tz) in plan.iter().take(scans) {
         let q = overview_aggregate(today - Days::days(days - 1), today, tz.parse().unwrap_or(chrono_tz::UTC), campaign.clone());

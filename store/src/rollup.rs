@@ -140,15 +140,16 @@ impl Rollup {
                 last = Some(((bucket, variant), grain_bucket));
                 let Some(g) = grain_bucket else { continue };
                 let group_variant = if q.group_by.contains(&Dimension::Variant) { variant } else { 0 };
-                match &mut pending {
-                    Some((pg, pv, sum)) if *pg == g && *pv == group_variant => sum.add(cell),
-                    _ => {
-                        if let Some((pg, pv, sum)) = pending.take() {
-                            acc.cell(pg, group(q, c, pv)).add(&sum);
-                        }
-                        pending = Some((g, group_variant, *cell));
+                if let Some((pg, pv, sum)) = pending.as_mut() {
+                    if *pg == g && *pv == group_variant {
+                        sum.add(cell);
+                        continue;
                     }
                 }
+                if let Some((pg, pv, sum)) = pending.take() {
+                    acc.cell(pg, group(q, c, pv)).add(&sum);
+                }
+                pending = Some((g, group_variant, *cell));
             }
             if let Some((pg, pv, sum)) = pending {
                 acc.cell(pg, group(q, c, pv)).add(&sum);

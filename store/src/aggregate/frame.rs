@@ -108,7 +108,12 @@ impl Frame {
         let bucket = |offset: i64| match self.grain {
             Grain::Total => "0".to_string(),
             Grain::Day => int_div(local(offset), DAY_MS),
-            Grain::HourOfWeek => format!("(({} + {EPOCH_HOUR_OF_WEEK}) % 168)", int_div(local(offset), HOUR_MS)),
+            // h - (h / 168) * 168 rather than `%`, whose result type ClickHouse takes from the
+            // divisor (a literal 168 makes it 8-bit).
+            Grain::HourOfWeek => {
+                let h = format!("({} + {EPOCH_HOUR_OF_WEEK})", int_div(local(offset), HOUR_MS));
+                format!("({h} - {} * 168)", int_div(h.clone(), 168))
+            }
         };
         if self.grain == Grain::Total || self.segments.len() <= 1 {
             return bucket(self.segments.first().map_or(0, |s| s.1));
