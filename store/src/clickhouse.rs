@@ -15,7 +15,7 @@
 
 use crate::aggregate::sql::{self, Bind, Dialect, Family, PartialRow, Sql};
 use crate::aggregate::{message_key, Accumulator, Dimension, Frame, Grain, Measure, MESSAGE_KEY_REGEX};
-use crate::{Aggregate, AggregateAnswer, EventStore, Filters, SentMessage, StoreError};
+use crate::{Aggregate, AggregateAnswer, EventStore, Filters, SentMessage, StoreError, UNMATCHED_CAMPAIGN};
 use async_trait::async_trait;
 use clickhouse::{Client, Row};
 use mailpipe_schemas::{BounceClass, Event};
@@ -97,7 +97,7 @@ fn rollup_counts(q: &Aggregate, tenant: &str) -> Option<Sql> {
     let filters = sql::filters(d, &mut s, q, &rollup_column);
     s.push(&format!(
         "SELECT {bucket} AS b, {dims}, type AS t, bounce_class AS bc, toInt64(countMerge(events)) AS n, sumMerge(revenue_micros) AS rev, \
-         minMerge(first_ms) AS fms, maxMerge(last_ms) AS lms FROM rollup_15m WHERE tenant = {tenant}{range}{filters} \
+         minMerge(first_ms) AS fms, maxMerge(last_ms) AS lms FROM rollup_15m WHERE tenant = {tenant}{range}{filters} AND NOT {ORPHAN} \
          GROUP BY {bucket}{group}, type, bounce_class",
         dims = sql::dims_select(q, &rollup_column),
         group = sql::dims_group(q, &rollup_column),
@@ -136,14 +136,112 @@ fn rollup_firsts(q: &Aggregate, tenant: &str) -> Option<Sql> {
             format!(" AND fms >= {} AND fms < {}", f.lo_ms, f.hi_ms),
         ),
     };
+    let sends = latest_sends(&mut s, q, tenant);
     let filters = sql::filters(d, &mut s, q, &first_column);
     s.push(&format!(
         "SELECT {bucket} AS b, {dims}, t, '' AS bc, toInt64(count()) AS n, toInt64(0) AS rev, toInt64(0) AS fms0, toInt64(0) AS lms \
-         FROM (SELECT type AS t, minMerge(first_ms) AS fms, argMinMerge(campaign) AS c, argMinMerge(variant) AS v FROM message_firsts \
-               WHERE tenant = {outer_tenant} AND type IN ({kinds}){in_range} GROUP BY type, message_key) \
+         FROM (SELECT t, fms, if(c0 = '{UNMATCHED_CAMPAIGN}' AND sc != '', sc, c0) AS c, if(c0 = '{UNMATCHED_CAMPAIGN}' AND sc != '', sv, v0) AS v \
+               FROM (SELECT type AS t, message_key, minMerge(first_ms) AS fms, argMinMerge(campaign) AS c0, argMinMerge(variant) AS v0 FROM message_firsts \
+                     WHERE tenant = {outer_tenant} AND type IN ({kinds}){in_range} GROUP BY type, message_key) AS f \
+               ANY LEFT JOIN {sends} AS s USING message_key) \
          WHERE 1 = 1{range}{filters} GROUP BY {bucket}{group}, t",
         dims = sql::dims_select(q, &first_column),
         group = sql::dims_group(q, &first_column),
+    ));
+    Some(s)
+}
+
+/// An event filed under `(unmatched)` (inbound mail whose send was unknown when it was
+/// classified): the aggregate tables count it there, so queries take it from `events`
+/// instead and join it to its send.
+const ORPHAN: &str = "(campaign = '(unmatched)' AND type != 'sent')";
+
+fn time_range(q: &Aggregate) -> String {
+    q.frame.as_ref().map_or(String::new(), |f| format!(" AND occurred_ms >= {} AND occurred_ms < {}", f.lo_ms, f.hi_ms))
+}
+
+/// `(SELECT message_key, sc, sv ...)`: the campaign and variant of the latest send of each
+/// message of the tenant that has orphans in the range.
+fn latest_sends(s: &mut Sql, q: &Aggregate, tenant: &str) -> String {
+    let d = &DIALECT;
+    let t1 = s.bind(d, Bind::Str(tenant.into()));
+    let t2 = s.bind(d, Bind::Str(tenant.into()));
+    format!(
+        "(SELECT message_key, argMax(campaign, occurred_ms) AS sc, argMax(variant, occurred_ms) AS sv FROM sends WHERE tenant = {t1} \
+          AND message_key IN (SELECT {key} FROM events WHERE tenant = {t2} AND {ORPHAN}{range}) GROUP BY message_key)",
+        key = d.message_key(),
+        range = time_range(q),
+    )
+}
+
+/// The tenant's orphans in the range (of `types`, if given), with the campaign (`c0`) and
+/// variant (`v0`) of their message's latest send where one is stored.
+fn orphans(s: &mut Sql, q: &Aggregate, tenant: &str, types: &str) -> String {
+    let d = &DIALECT;
+    let t = s.bind(d, Bind::Str(tenant.into()));
+    let inner = format!(
+        "SELECT occurred_ms, type, bounce_class, revenue_micros, recipient, CAST(campaign AS String) AS c, CAST(variant AS String) AS v, \
+         {key} AS message_key FROM events WHERE tenant = {t} AND {ORPHAN}{range}{types}",
+        key = d.message_key(),
+        range = time_range(q),
+    );
+    let sends = latest_sends(s, q, tenant);
+    format!(
+        "(SELECT occurred_ms, type, bounce_class, revenue_micros, recipient, if(sc = '', c, sc) AS c0, if(sc = '', v, sv) AS v0 \
+          FROM ({inner}) AS o ANY LEFT JOIN {sends} AS s USING message_key)"
+    )
+}
+
+fn orphan_column(dim: Dimension) -> String {
+    match dim {
+        Dimension::Campaign => "c0".into(),
+        Dimension::Variant => "v0".into(),
+    }
+}
+
+/// Orphans per bucket, group, type and bounce class, in their send's campaign.
+fn orphan_counts(q: &Aggregate, tenant: &str) -> Option<Sql> {
+    if !q.wants_counts() {
+        return None;
+    }
+    let d = &DIALECT;
+    let mut s = Sql::default();
+    let bucket = sql::bucket_expr(d, q, "occurred_ms");
+    let source = orphans(&mut s, q, tenant, "");
+    let filters = sql::filters(d, &mut s, q, &orphan_column);
+    s.push(&format!(
+        "SELECT {bucket} AS b, {dims}, type AS t, bounce_class AS bc, toInt64(count()) AS n, toInt64(sum(ifNull(revenue_micros, 0))) AS rev, \
+         toInt64(min(occurred_ms)) AS fms, toInt64(max(occurred_ms)) AS lms FROM {source} WHERE 1 = 1{filters} \
+         GROUP BY {bucket}{group}, type, bounce_class",
+        dims = sql::dims_select(q, &orphan_column),
+        group = sql::dims_group(q, &orphan_column),
+    ));
+    Some(s)
+}
+
+/// Distinct recipients per bucket, group and type, from `events` (orphans in their send's
+/// campaign).
+fn distinct_recipients(q: &Aggregate, tenant: &str) -> Option<Sql> {
+    let types = q.distinct_types();
+    if types.is_empty() {
+        return None;
+    }
+    let d = &DIALECT;
+    let mut s = Sql::default();
+    let bucket = sql::bucket_expr(d, q, "occurred_ms");
+    let types = format!(" AND type IN ({})", sql::type_list(&types));
+    let t = s.bind(d, Bind::Str(tenant.into()));
+    let source = orphans(&mut s, q, tenant, &types);
+    let filters = sql::filters(d, &mut s, q, &orphan_column);
+    s.push(&format!(
+        "SELECT {bucket} AS b, {dims}, type AS t, '' AS bc, toInt64(uniqExact(lower(recipient))) AS n, toInt64(0) AS rev, toInt64(0) AS fms, toInt64(0) AS lms \
+         FROM (SELECT occurred_ms, type, recipient, CAST(campaign AS String) AS c0, CAST(variant AS String) AS v0 FROM events \
+               WHERE tenant = {t}{range}{types} AND NOT {ORPHAN} \
+               UNION ALL SELECT occurred_ms, type, recipient, c0, v0 FROM {source}) \
+         WHERE 1 = 1{filters} GROUP BY {bucket}{group}, type",
+        range = time_range(q),
+        dims = sql::dims_select(q, &orphan_column),
+        group = sql::dims_group(q, &orphan_column),
     ));
     Some(s)
 }
@@ -152,8 +250,9 @@ fn rollup_firsts(q: &Aggregate, tenant: &str) -> Option<Sql> {
 fn compile(q: &Aggregate, tenant: &str) -> Vec<(Family, Sql)> {
     [
         (Family::Counts, rollup_counts(q, tenant)),
+        (Family::Counts, orphan_counts(q, tenant)),
         (Family::Firsts, rollup_firsts(q, tenant)),
-        (Family::Distinct, sql::raw_distinct(&DIALECT, q, tenant)),
+        (Family::Distinct, distinct_recipients(q, tenant)),
     ]
     .into_iter()
     .filter_map(|(f, s)| s.map(|s| (f, s)))
@@ -584,6 +683,11 @@ impl EventStore for ClickHouseEventStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orphans_are_recognised_by_the_unmatched_campaign() {
+        assert!(ORPHAN.contains(&format!("'{UNMATCHED_CAMPAIGN}'")));
+    }
 
     #[test]
     fn old_servers_get_the_schema_without_what_they_lack() {

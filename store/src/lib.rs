@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use mailpipe_schemas::Event;
 
 pub use aggregate::{Aggregate, AggregateAnswer, AggregateRow, Dimension, Filters, Frame, Grain, Measure, QueryError};
-pub use query::SentMessage;
+pub use query::{SentMessage, UNMATCHED_CAMPAIGN};
 pub use rollup::Rollup;
 
 #[derive(Debug, thiserror::Error)]

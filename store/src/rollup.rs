@@ -4,7 +4,7 @@
 //! ids of stored events (for idempotent inserts). It is rebuilt from the stored rows at start.
 
 use crate::aggregate::{first_index, message_key, Accumulator, Aggregate, Cell, Dimension};
-use crate::SentMessage;
+use crate::{SentMessage, UNMATCHED_CAMPAIGN};
 use mailpipe_schemas::{BounceClass, Event, EventType};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -54,8 +54,29 @@ struct TenantRollup {
     campaigns: Vec<CampaignCells>,
     /// First event of a kind per message: (message hash, kind) -> where it was counted.
     firsts: HashMap<(u64, EventType), First>,
-    /// Sent messages: message hash -> (campaign, variant), to join inbound mail to its send.
-    sends: HashMap<u64, (u32, u32)>,
+    /// The latest send (by time) of each message: to join inbound mail to it.
+    sends: HashMap<u64, Send>,
+    /// Events filed under `(unmatched)`, by message: counted in the campaign of the message's
+    /// send (under `(unmatched)` while none is known) and moved when a send arrives.
+    orphans: HashMap<u64, Vec<Orphan>>,
+}
+
+#[derive(Clone, Copy)]
+struct Send {
+    campaign: u32,
+    variant: u32,
+    at_ms: i64,
+}
+
+#[derive(Clone, Copy)]
+struct Orphan {
+    at_ms: i64,
+    kind: EventType,
+    hard: bool,
+    revenue_micros: i64,
+    /// Where it is counted now.
+    campaign: u32,
+    variant: u32,
 }
 
 struct CampaignCells {
@@ -96,18 +117,25 @@ impl Rollup {
             Some(t) => t,
             None => self.tenants.entry(row.tenant.to_string()).or_default(),
         };
-        let campaign = tenant.campaign_id(row.campaign);
-        let cc = &mut tenant.campaigns[campaign as usize];
-        let variant = cc.variant_id(row.variant);
-        let bucket = row.occurred_ms.div_euclid(BUCKET_MS);
-        let hard = row.bounce_class == Some(BounceClass::Hard);
-        let at = row.occurred_ms;
-        cc.cells.entry((bucket, variant)).or_default().add_events(row.event_type, hard, 1, row.revenue_micros, at, at);
-        if row.event_type == EventType::Sent {
-            tenant.sends.insert(message_hash(row.message_id), (campaign, variant));
+        let hash = message_hash(row.message_id);
+        let mut campaign = tenant.campaign_id(row.campaign);
+        let mut variant = tenant.campaigns[campaign as usize].variant_id(row.variant);
+        let (at, hard) = (row.occurred_ms, row.bounce_class == Some(BounceClass::Hard));
+        if row.campaign == UNMATCHED_CAMPAIGN && row.event_type != EventType::Sent {
+            if let Some(send) = tenant.sends.get(&hash) {
+                (campaign, variant) = (send.campaign, send.variant);
+            }
+            let orphan = Orphan { at_ms: at, kind: row.event_type, hard, revenue_micros: row.revenue_micros, campaign, variant };
+            tenant.orphans.entry(hash).or_default().push(orphan);
         }
+        let cells = &mut tenant.campaigns[campaign as usize].cells;
+        cells.entry((at.div_euclid(BUCKET_MS), variant)).or_default().add_events(row.event_type, hard, 1, row.revenue_micros, at, at);
         if let Some(kind) = first_index(row.event_type) {
-            tenant.count_first(row, kind, campaign, variant);
+            tenant.count_first(hash, row, kind, campaign, variant);
+        }
+        if row.event_type == EventType::Sent && tenant.sends.get(&hash).is_none_or(|s| at >= s.at_ms) {
+            tenant.sends.insert(hash, Send { campaign, variant, at_ms: at });
+            tenant.relocate_orphans(hash);
         }
         true
     }
@@ -160,9 +188,9 @@ impl Rollup {
 
     pub fn sent_message(&self, tenant: &str, message_id: &str) -> Option<SentMessage> {
         let t = self.tenants.get(tenant)?;
-        let &(campaign, variant) = t.sends.get(&message_hash(message_id))?;
-        let c = &t.campaigns[campaign as usize];
-        Some(SentMessage { campaign: c.name.clone(), variant: c.variants[variant as usize].clone() })
+        let send = t.sends.get(&message_hash(message_id))?;
+        let c = &t.campaigns[send.campaign as usize];
+        Some(SentMessage { campaign: c.name.clone(), variant: c.variants[send.variant as usize].clone() })
     }
 }
 
@@ -190,8 +218,8 @@ impl TenantRollup {
 
     /// Counts the message once for this kind, in the bucket of its earliest such event: a
     /// late-arriving earlier event moves the count rather than adding one.
-    fn count_first(&mut self, row: RowRef<'_>, kind: usize, campaign: u32, variant: u32) {
-        let key = (message_hash(row.message_id), row.event_type);
+    fn count_first(&mut self, hash: u64, row: RowRef<'_>, kind: usize, campaign: u32, variant: u32) {
+        let key = (hash, row.event_type);
         let here = First { at_ms: row.occurred_ms, campaign, variant };
         let previous = match self.firsts.get_mut(&key) {
             None => {
@@ -209,6 +237,45 @@ impl TenantRollup {
         }
         let cells = &mut self.campaigns[campaign as usize].cells;
         cells.entry((row.occurred_ms.div_euclid(BUCKET_MS), variant)).or_default().firsts[kind] += 1;
+    }
+
+    /// Moves the message's orphans (and its first of a kind, where that is an orphan) to the
+    /// campaign and variant of its send.
+    fn relocate_orphans(&mut self, hash: u64) {
+        let (Some(send), Some(orphans)) = (self.sends.get(&hash).copied(), self.orphans.get_mut(&hash)) else { return };
+        let unmatched = self.campaign_ids.get(UNMATCHED_CAMPAIGN).copied();
+        let mut emptied = Vec::new();
+        for o in orphans.iter_mut().filter(|o| (o.campaign, o.variant) != (send.campaign, send.variant)) {
+            let bucket = o.at_ms.div_euclid(BUCKET_MS);
+            let first = first_index(o.kind).filter(|_| {
+                self.firsts.get(&(hash, o.kind)).is_some_and(|f| f.at_ms == o.at_ms && (f.campaign, f.variant) == (o.campaign, o.variant))
+            });
+            if let Some(cell) = self.campaigns[o.campaign as usize].cells.get_mut(&(bucket, o.variant)) {
+                cell.remove_event(o.kind, o.hard, o.revenue_micros);
+                if let Some(k) = first {
+                    cell.firsts[k] -= 1;
+                }
+                emptied.push((o.campaign, bucket, o.variant));
+            }
+            let cell = self.campaigns[send.campaign as usize].cells.entry((bucket, send.variant)).or_default();
+            cell.add_events(o.kind, o.hard, 1, o.revenue_micros, o.at_ms, o.at_ms);
+            if let Some(k) = first {
+                cell.firsts[k] += 1;
+                self.firsts.insert((hash, o.kind), First { at_ms: o.at_ms, campaign: send.campaign, variant: send.variant });
+            }
+            (o.campaign, o.variant) = (send.campaign, send.variant);
+        }
+        // A cell of `(unmatched)` holds only orphans: its time span is theirs, or it is gone.
+        for (campaign, bucket, variant) in emptied {
+            let Some(cell) = self.campaigns[campaign as usize].cells.get_mut(&(bucket, variant)) else { continue };
+            if cell.is_empty() {
+                self.campaigns[campaign as usize].cells.remove(&(bucket, variant));
+            } else if Some(campaign) == unmatched {
+                let here = self.orphans.values().flatten().filter(|o| (o.campaign, o.variant) == (campaign, variant) && o.at_ms.div_euclid(BUCKET_MS) == bucket);
+                let (lo, hi) = here.fold((i64::MAX, i64::MIN), |(lo, hi), o| (lo.min(o.at_ms), hi.max(o.at_ms)));
+                (cell.first_ms, cell.last_ms) = (lo, hi);
+            }
+        }
     }
 }
 
@@ -306,6 +373,55 @@ mod tests {
         apply(&mut r, "t", row(2, EventType::Sent, "2026-05-01T18:14:00Z", "c", "m2"));
         apply(&mut r, "t", row(3, EventType::Sent, "2026-05-01T18:15:00Z", "c", "m3"));
         assert_eq!(column(&daily(&r, "t", 1, 2, chrono_tz::Asia::Kathmandu, None), 0), vec![1, 2]);
+    }
+
+    #[test]
+    fn inbound_mail_stored_before_its_send_joins_it_when_the_send_arrives() {
+        let mut r = Rollup::default();
+        let complaint = |id, msg| RowRef { event_type: EventType::Complaint, campaign: UNMATCHED_CAMPAIGN, ..orphan(id, msg) };
+        r.apply(orphan(1, "<m1>"));
+        r.apply(complaint(2, "m2"));
+        let unmatched = daily_of(&r, Some(UNMATCHED_CAMPAIGN));
+        assert_eq!((unmatched[0][5], unmatched[0][6]), (1, 1), "filed under (unmatched) while no send is known");
+        apply(&mut r, "t", row(3, EventType::Sent, "2026-05-01T09:00:00Z", "c", "m1"));
+        apply(&mut r, "t", row(4, EventType::Sent, "2026-05-01T09:00:00Z", "c", "<m2>"));
+        assert_eq!((daily_of(&r, Some("c"))[0][5], daily_of(&r, Some("c"))[0][6]), (1, 1));
+        assert_eq!(daily_of(&r, Some(UNMATCHED_CAMPAIGN)), vec![vec![0; 7]]);
+        // Once joined, later inbound mail goes straight to the send's campaign.
+        r.apply(orphan(5, "m1"));
+        assert_eq!(daily_of(&r, Some("c"))[0][5], 2);
+        assert_eq!(r.sent_message("t", "m1").map(|m| m.campaign), Some("c".to_string()));
+    }
+
+    fn orphan(id: u128, msg: &'static str) -> RowRef<'static> {
+        RowRef {
+            event_id: id,
+            tenant: "t",
+            event_type: EventType::Bounced,
+            occurred_ms: chrono::DateTime::parse_from_rfc3339("2026-05-01T10:00:00Z").unwrap().timestamp_millis(),
+            campaign: UNMATCHED_CAMPAIGN,
+            variant: "",
+            message_id: msg,
+            bounce_class: Some(BounceClass::Hard),
+            revenue_micros: 0,
+        }
+    }
+
+    /// 1 May in UTC: sent, bounces (hard), complaints (per message), events first-to-last span.
+    fn daily_of(r: &Rollup, campaign: Option<&str>) -> Vec<Vec<i64>> {
+        let d = NaiveDate::from_ymd_opt(2026, 5, 1).unwrap();
+        let measures = vec![
+            Measure::Count(EventType::Sent),
+            Measure::Count(EventType::Open),
+            Measure::Count(EventType::Click),
+            Measure::Count(EventType::Reply),
+            Measure::Count(EventType::Conversion),
+            Measure::Bounces(BounceClass::Hard),
+            Measure::FirstPerMessage(EventType::Complaint),
+        ];
+        let q = Aggregate { frame: Some(Frame::new(d, d, chrono_tz::UTC, Grain::Day)), filters: Filters { campaign: campaign.map(String::from), variant: None }, group_by: vec![], measures };
+        let a = r.aggregate("t", &q).answer(&q);
+        vec![a.rows.first().map_or(vec![0; 7], |row| row.values.clone())]
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use mailpipe::demo::{Generator, Profile};
 use mailpipe_schemas::{BounceClass, Event, EventType};
+use mailpipe_store::UNMATCHED_CAMPAIGN;
 use uuid::Uuid;
 
 pub fn at(s: &str) -> DateTime<Utc> {
@@ -13,7 +14,7 @@ pub fn at(s: &str) -> DateTime<Utc> {
 /// Hand-made edge cases the generator does not produce: late earlier opens, bracketed and
 /// unbracketed ids of one message, either side of midnight in Kathmandu, a message first
 /// opened in another campaign, events across the March DST changes of Paris and New York,
-/// a repeated id, a second tenant with the same message id.
+/// a repeated id, a second tenant with the same message id, inbound mail stored before its send.
 pub fn edge_cases() -> Vec<Event> {
     let id = |n: u128| Uuid::from_u128(0xfeed_0000 + n);
     let ev = |n, t, when: &str, campaign: &str, msg: &str| Event {
@@ -56,6 +57,13 @@ pub fn edge_cases() -> Vec<Event> {
         ev(22, EventType::Sent, "2026-03-08T05:00:00Z", "dst", "d3@x"),
         ev(23, EventType::Open, "2026-03-09T03:59:59Z", "dst", "d3@x"),
         ev(24, EventType::Open, "2026-03-09T04:00:00Z", "dst", "d2@x"),
+        // Inbound mail classified before its send was stored (filed under `(unmatched)`):
+        // the send arrives later and takes it into its campaign; `never@x` is never sent.
+        Event { bounce_class: Some(BounceClass::Hard), variant: String::new(), ..ev(25, EventType::Bounced, "2026-05-05T10:00:00Z", UNMATCHED_CAMPAIGN, "<late@x>") },
+        ev(26, EventType::Sent, "2026-05-05T09:00:00Z", "edge", "late@x"),
+        Event { variant: String::new(), ..ev(27, EventType::Complaint, "2026-05-06T08:00:00Z", UNMATCHED_CAMPAIGN, "late2@x") },
+        Event { variant: "A".into(), ..ev(28, EventType::Sent, "2026-05-05T09:30:00Z", "other", "<late2@x>") },
+        Event { variant: String::new(), ..ev(29, EventType::Reply, "2026-05-06T12:00:00Z", UNMATCHED_CAMPAIGN, "never@x") },
     ]
 }
 

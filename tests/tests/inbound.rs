@@ -77,6 +77,28 @@ async fn mailpipe_inbound_reads_stdin_and_exits_like_an_mta_expects() {
     assert_eq!(overview(&s, "(unmatched)").await["replies"], 1);
 }
 
+/// A DSN that comes before its send is reported (a fast synchronous bounce, a sending node
+/// that reports late) is kept under `(unmatched)` and joins its send's campaign once the send
+/// arrives, without being posted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_that_arrives_before_its_send_joins_it_later() {
+    let s = Server::start().await;
+    let write = s.key("a", Scope::Write);
+    let client = reqwest::Client::new();
+    let res = client.post(format!("{}/v1/inbound", s.base)).bearer_auth(&write).body(DSN).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    s.settle().await;
+    assert_eq!(overview(&s, "(unmatched)").await["hard_bounces"], 1);
+    assert_eq!(overview(&s, "spring").await["hard_bounces"], 0);
+    let send = json!([{"type": "sent", "campaign": "spring", "variant": "B", "message_id": "spring-1@mail.a.example", "recipient": "gone@example.net"}]);
+    let res = client.post(format!("{}/v1/events", s.base)).bearer_auth(&write).json(&send).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    s.settle().await;
+    let t = overview(&s, "spring").await;
+    assert_eq!((t["sent"].as_u64(), t["hard_bounces"].as_u64(), t["bounce_rate"].as_f64()), (Some(1), Some(1), None));
+    assert_eq!(overview(&s, "(unmatched)").await["hard_bounces"], 0);
+}
+
 /// A bounce classified while the store is down waits for the store instead of being filed
 /// under `(unmatched)` for good (its event id is derived, so a guess would stay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

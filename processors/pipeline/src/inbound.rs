@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Campaign of inbound mail whose send is not known (sent before mailpipe, or not reported).
-pub const UNMATCHED_CAMPAIGN: &str = "(unmatched)";
+pub use mailpipe_store::UNMATCHED_CAMPAIGN;
 
 /// The events a classified message stands for. `join` finds the send of a message id.
 pub fn inbound_events(

@@ -202,6 +202,15 @@ impl Cell {
         self.last_ms = self.last_ms.max(last_ms);
     }
 
+    /// Takes back one event counted by `add_events` (its time span stays: see the caller).
+    pub fn remove_event(&mut self, t: EventType, hard: bool, revenue_micros: i64) {
+        self.counts[type_index(t)] -= 1;
+        if t == EventType::Bounced && hard {
+            self.hard_bounces -= 1;
+        }
+        self.revenue_micros -= revenue_micros;
+    }
+
     pub fn add(&mut self, o: &Cell) {
         for (a, b) in self.counts.iter_mut().zip(o.counts) {
             *a += b;

@@ -4,12 +4,12 @@ use super::DataFusionStoreConfig;
 use crate::aggregate::sql::{self, Bind, Dialect, Family, PartialRow, Sql};
 use crate::aggregate::{Accumulator, MESSAGE_KEY_REGEX};
 use crate::rollup::{Rollup, RowRef};
-use crate::{Aggregate, AggregateAnswer, EventStore, SentMessage, StoreError};
+use crate::{Aggregate, AggregateAnswer, EventStore, SentMessage, StoreError, UNMATCHED_CAMPAIGN};
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{col, lit, ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use mailpipe_schemas::{arrow_schema, Event};
 use parking_lot::{Mutex, RwLock};
@@ -86,11 +86,12 @@ impl DataFusionEventStore {
             (Family::Firsts, sql::raw_firsts(&DIALECT, q, tenant)),
             (Family::Distinct, sql::raw_distinct(&DIALECT, q, tenant)),
         ];
-        Ok(self.run(q, queries.into_iter()).await?.answer(q))
+        Ok(self.run(tenant, q, queries.into_iter()).await?.answer(q))
     }
 
-    /// Runs shared SQL queries over the stored files and the tail, folding their rows.
-    async fn run(&self, q: &Aggregate, queries: impl Iterator<Item = (Family, Option<Sql>)>) -> Result<Accumulator, StoreError> {
+    /// Runs shared SQL queries over the tenant's stored files and tail (as the view `e`, inbound
+    /// events joined to their send), folding their rows.
+    async fn run(&self, tenant: &str, q: &Aggregate, queries: impl Iterator<Item = (Family, Option<Sql>)>) -> Result<Accumulator, StoreError> {
         let mut acc = Accumulator::default();
         let queries: Vec<(Family, Sql)> = queries.filter_map(|(f, s)| s.map(|s| (f, s))).collect();
         if queries.is_empty() {
@@ -111,7 +112,9 @@ impl DataFusionEventStore {
             let stored = ctx.read_parquet(paths, ParquetReadOptions::default().schema(&schema)).await.map_err(engine)?;
             stored.union(tail).map_err(engine)?
         };
-        ctx.register_table(DIALECT.events_table(), events.into_view()).map_err(engine)?;
+        ctx.register_table("raw", events.filter(col("tenant").eq(lit(tenant))).map_err(engine)?.into_view()).map_err(engine)?;
+        let resolved = ctx.sql(&resolved_events_sql()).await.map_err(engine)?;
+        ctx.register_table(DIALECT.events_table(), resolved.into_view()).map_err(engine)?;
         for (family, query) in queries {
             let params: Vec<ScalarValue> = query
                 .binds
@@ -190,7 +193,24 @@ fn partial_rows(batch: &RecordBatch) -> Result<Vec<PartialRow>, StoreError> {
         .collect())
 }
 
-/// DataFusion's SQL over the registered view `e` of every stored row.
+/// The tenant's rows (`raw`) with the campaign and variant of events filed under
+/// `(unmatched)` taken from their message's latest send, where one is stored.
+fn resolved_events_sql() -> String {
+    let key = |column: &str| format!("regexp_replace({column}, '{MESSAGE_KEY_REGEX}', '', 'g')");
+    format!(
+        "SELECT r.tenant, r.type, r.occurred_at, r.message_id, r.recipient, r.bounce_class, r.revenue_micros, \
+           CASE WHEN s.sc IS NULL THEN r.campaign ELSE s.sc END AS campaign, \
+           CASE WHEN s.sc IS NULL THEN r.variant ELSE s.sv END AS variant \
+         FROM raw AS r LEFT JOIN ( \
+           SELECT {sent_key} AS sk, last_value(campaign ORDER BY occurred_at) AS sc, last_value(variant ORDER BY occurred_at) AS sv \
+           FROM raw WHERE type = 'sent' GROUP BY {sent_key}) AS s \
+         ON r.campaign = '{UNMATCHED_CAMPAIGN}' AND r.type <> 'sent' AND {event_key} = s.sk",
+        sent_key = key("message_id"),
+        event_key = key("r.message_id"),
+    )
+}
+
+/// DataFusion's SQL over the registered view `e` of the tenant's rows.
 struct DataFusionDialect;
 const DIALECT: DataFusionDialect = DataFusionDialect;
 
@@ -290,7 +310,7 @@ impl EventStore for DataFusionEventStore {
         q.validate()?;
         let mut acc = self.rollup.read().aggregate(tenant, q);
         if let Some(distinct) = sql::raw_distinct(&DIALECT, q, tenant) {
-            acc.merge(self.run(q, [(Family::Distinct, Some(distinct))].into_iter()).await?);
+            acc.merge(self.run(tenant, q, [(Family::Distinct, Some(distinct))].into_iter()).await?);
         }
         Ok(acc.answer(q))
     }
