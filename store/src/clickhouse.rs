@@ -105,10 +105,11 @@ fn rollup_counts(q: &Aggregate, tenant: &str) -> Option<Sql> {
     Some(s)
 }
 
-/// Messages whose first event of a kind falls in each bucket, from `message_firsts`: only the
-/// messages with an event of the kind in the range can have their first there, so the lookup
-/// is restricted to those (through the table's sorting key) rather than every message of the
-/// tenant. The filters apply to the first's campaign and variant.
+/// Messages whose first event of a kind falls in each bucket, from `message_firsts` (every
+/// message of the tenant: restricting it to the messages with an event in the range costs more,
+/// with the message key computed from `message_id` per event, than it saves; measured). The
+/// filters apply to the first's campaign and variant, joined to its send where the first was
+/// filed under `(unmatched)`.
 fn rollup_firsts(q: &Aggregate, tenant: &str) -> Option<Sql> {
     let kinds = q.first_types();
     if kinds.is_empty() {
@@ -123,26 +124,14 @@ fn rollup_firsts(q: &Aggregate, tenant: &str) -> Option<Sql> {
     let bucket = sql::bucket_expr(d, q, "fms");
     let kinds = sql::type_list(&kinds);
     let outer_tenant = s.bind(d, Bind::Str(tenant.into()));
-    let (in_range, range) = match &q.frame {
-        None => (String::new(), String::new()),
-        Some(f) => (
-            format!(
-                " AND message_key IN (SELECT {key} FROM events WHERE tenant = {t} AND occurred_ms >= {lo} AND occurred_ms < {hi} AND type IN ({kinds}))",
-                key = d.message_key(),
-                t = s.bind(d, Bind::Str(tenant.into())),
-                lo = f.lo_ms,
-                hi = f.hi_ms,
-            ),
-            format!(" AND fms >= {} AND fms < {}", f.lo_ms, f.hi_ms),
-        ),
-    };
+    let range = q.frame.as_ref().map_or(String::new(), |f| format!(" AND fms >= {} AND fms < {}", f.lo_ms, f.hi_ms));
     let sends = latest_sends(&mut s, q, tenant);
     let filters = sql::filters(d, &mut s, q, &first_column);
     s.push(&format!(
         "SELECT {bucket} AS b, {dims}, t, '' AS bc, toInt64(count()) AS n, toInt64(0) AS rev, toInt64(0) AS fms0, toInt64(0) AS lms \
          FROM (SELECT t, fms, if(c0 = '{UNMATCHED_CAMPAIGN}' AND sc != '', sc, c0) AS c, if(c0 = '{UNMATCHED_CAMPAIGN}' AND sc != '', sv, v0) AS v \
                FROM (SELECT type AS t, message_key, minMerge(first_ms) AS fms, argMinMerge(campaign) AS c0, argMinMerge(variant) AS v0 FROM message_firsts \
-                     WHERE tenant = {outer_tenant} AND type IN ({kinds}){in_range} GROUP BY type, message_key) AS f \
+                     WHERE tenant = {outer_tenant} AND type IN ({kinds}) GROUP BY type, message_key) AS f \
                ANY LEFT JOIN {sends} AS s USING message_key) \
          WHERE 1 = 1{range}{filters} GROUP BY {bucket}{group}, t",
         dims = sql::dims_select(q, &first_column),
@@ -161,14 +150,15 @@ fn time_range(q: &Aggregate) -> String {
 }
 
 /// `(SELECT message_key, sc, sv ...)`: the campaign and variant of the latest send of each
-/// message of the tenant that has orphans in the range.
+/// message of the tenant that has orphans in the range (GLOBAL: on a cluster, `sends` and
+/// `events` are Distributed tables, and the set is built once, by the initiator).
 fn latest_sends(s: &mut Sql, q: &Aggregate, tenant: &str) -> String {
     let d = &DIALECT;
     let t1 = s.bind(d, Bind::Str(tenant.into()));
     let t2 = s.bind(d, Bind::Str(tenant.into()));
     format!(
         "(SELECT message_key, argMax(campaign, occurred_ms) AS sc, argMax(variant, occurred_ms) AS sv FROM sends WHERE tenant = {t1} \
-          AND message_key IN (SELECT {key} FROM events WHERE tenant = {t2} AND {ORPHAN}{range}) GROUP BY message_key)",
+          AND message_key GLOBAL IN (SELECT {key} FROM events WHERE tenant = {t2} AND {ORPHAN}{range}) GROUP BY message_key)",
         key = d.message_key(),
         range = time_range(q),
     )
@@ -650,8 +640,8 @@ impl EventStore for ClickHouseEventStore {
 
     async fn aggregate(&self, tenant: &str, q: &Aggregate) -> Result<AggregateAnswer, StoreError> {
         q.validate()?;
-        let mut acc = Accumulator::default();
-        for (family, s) in compile(q, tenant) {
+        // The queries of one question run at once.
+        let runs = compile(q, tenant).into_iter().map(|(family, s)| {
             let mut query = self.client.query(&s.text);
             for b in &s.binds {
                 query = match b {
@@ -659,7 +649,13 @@ impl EventStore for ClickHouseEventStore {
                     Bind::Ms(ms) => query.bind(*ms),
                 };
             }
-            let rows = query.fetch_all::<PartialRow>().await.map_err(|e| StoreError::Engine(format!("clickhouse: {e}\n{}", s.text)))?;
+            async move {
+                let rows = query.fetch_all::<PartialRow>().await.map_err(|e| StoreError::Engine(format!("clickhouse: {e}\n{}", s.text)))?;
+                Ok::<_, StoreError>((family, rows))
+            }
+        });
+        let mut acc = Accumulator::default();
+        for (family, rows) in futures::future::try_join_all(runs).await? {
             for row in rows {
                 sql::fold(&mut acc, q, family, row);
             }
