@@ -1,7 +1,7 @@
 -- mailpipe's ClickHouse schema for a cluster: shards and replicas.
 --
--- This is the cluster form of schemas/clickhouse/migrations/0001_events.sql and
--- 0002_rollups.sql (same columns, sorting keys and partitions), for ClickHouse 24 or later.
+-- This is the cluster form of schemas/clickhouse/migrations/0001_events.sql,
+-- 0002_rollups.sql and 0003_orphans.sql (same columns, sorting keys and partitions), for ClickHouse 24 or later.
 -- Each table exists twice: `<name>_local` holds the data (Replicated*MergeTree, on every
 -- node) and `<name>` is a Distributed table over all shards. mailpipe only ever names the
 -- plain tables, so its inserts and queries work unchanged.
@@ -158,3 +158,36 @@ SELECT
     occurred_ms
 FROM events_local
 WHERE type = 'sent';
+
+-- Inbound events filed under `(unmatched)`, one row per event (read FINAL), joined to their
+-- send at query time.
+CREATE TABLE IF NOT EXISTS orphans_local ON CLUSTER '{cluster}' (
+    tenant LowCardinality(String),
+    occurred_ms Int64 CODEC(Delta, ZSTD(1)),
+    event_id UUID,
+    message_key String CODEC(ZSTD(1)),
+    variant LowCardinality(String),
+    type LowCardinality(String),
+    bounce_class LowCardinality(String),
+    revenue_micros Nullable(Int64),
+    recipient String CODEC(ZSTD(1))
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/orphans_local', '{replica}')
+PARTITION BY toYYYYMM(toDateTime(intDiv(occurred_ms, 1000)))
+ORDER BY (tenant, occurred_ms, event_id);
+
+CREATE TABLE IF NOT EXISTS orphans ON CLUSTER '{cluster}' AS orphans_local
+ENGINE = Distributed('{cluster}', currentDatabase(), orphans_local, cityHash64(tenant, message_key));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS orphans_mv ON CLUSTER '{cluster}' TO orphans_local AS
+SELECT
+    tenant,
+    occurred_ms,
+    event_id,
+    replaceRegexpAll(message_id, '^\\s*<*|>*\\s*$', '') AS message_key,
+    variant,
+    type,
+    bounce_class,
+    revenue_micros,
+    recipient
+FROM events_local
+WHERE campaign = '(unmatched)' AND type != 'sent';

@@ -27,6 +27,7 @@ use uuid::Uuid;
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "events", include_str!("../../schemas/clickhouse/migrations/0001_events.sql")),
     (2, "rollups", include_str!("../../schemas/clickhouse/migrations/0002_rollups.sql")),
+    (3, "orphans", include_str!("../../schemas/clickhouse/migrations/0003_orphans.sql")),
 ];
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, \
@@ -141,8 +142,8 @@ fn rollup_firsts(q: &Aggregate, tenant: &str) -> Option<Sql> {
 }
 
 /// An event filed under `(unmatched)` (inbound mail whose send was unknown when it was
-/// classified): the aggregate tables count it there, so queries take it from `events`
-/// instead and join it to its send.
+/// classified): `rollup_15m` counts it there, so queries take it from `orphans` instead and
+/// join it to its send.
 const ORPHAN: &str = "(campaign = '(unmatched)' AND type != 'sent')";
 
 fn time_range(q: &Aggregate) -> String {
@@ -158,26 +159,24 @@ fn latest_sends(s: &mut Sql, q: &Aggregate, tenant: &str) -> String {
     let t2 = s.bind(d, Bind::Str(tenant.into()));
     format!(
         "(SELECT message_key, argMax(campaign, occurred_ms) AS sc, argMax(variant, occurred_ms) AS sv FROM sends WHERE tenant = {t1} \
-          AND message_key GLOBAL IN (SELECT {key} FROM events WHERE tenant = {t2} AND {ORPHAN}{range}) GROUP BY message_key)",
-        key = d.message_key(),
+          AND message_key GLOBAL IN (SELECT message_key FROM orphans WHERE tenant = {t2}{range}) GROUP BY message_key)",
         range = time_range(q),
     )
 }
 
-/// The tenant's orphans in the range (of `types`, if given), with the campaign (`c0`) and
-/// variant (`v0`) of their message's latest send where one is stored.
+/// The tenant's orphans in the range (of `types`, if given), from `orphans`, with the campaign
+/// (`c0`) and variant (`v0`) of their message's latest send where one is stored.
 fn orphans(s: &mut Sql, q: &Aggregate, tenant: &str, types: &str) -> String {
     let d = &DIALECT;
     let t = s.bind(d, Bind::Str(tenant.into()));
     let inner = format!(
-        "SELECT occurred_ms, type, bounce_class, revenue_micros, recipient, CAST(campaign AS String) AS c, CAST(variant AS String) AS v, \
-         {key} AS message_key FROM events WHERE tenant = {t} AND {ORPHAN}{range}{types}",
-        key = d.message_key(),
+        "SELECT occurred_ms, type, bounce_class, revenue_micros, recipient, CAST(variant AS String) AS v, message_key \
+         FROM orphans FINAL WHERE tenant = {t}{range}{types}",
         range = time_range(q),
     );
     let sends = latest_sends(s, q, tenant);
     format!(
-        "(SELECT occurred_ms, type, bounce_class, revenue_micros, recipient, if(sc = '', c, sc) AS c0, if(sc = '', v, sv) AS v0 \
+        "(SELECT occurred_ms, type, bounce_class, revenue_micros, recipient, if(sc = '', '{UNMATCHED_CAMPAIGN}', sc) AS c0, if(sc = '', v, sv) AS v0 \
           FROM ({inner}) AS o ANY LEFT JOIN {sends} AS s USING message_key)"
     )
 }
