@@ -91,6 +91,9 @@ fn parse_one(item: &Value, tenant: &str, now: DateTime<Utc>) -> Result<Event, Pr
         .filter(|t| t.reported_by_senders())
         .ok_or_else(|| problem("type", "must be one of sent, delivered, deferred, bounced, conversion"))?;
     let campaign = required_str(obj, "campaign", 200)?.to_string();
+    if campaign == mailpipe_schemas::UNMATCHED_CAMPAIGN {
+        return Err(problem("campaign", "`(unmatched)` is reserved for inbound mail whose send is not known"));
+    }
     let variant = optional_str(obj, "variant", 64)?.unwrap_or_default().to_string();
     let message_id = required_str(obj, "message_id", MAX_FIELD_LEN)?.to_string();
     let recipient = required_str(obj, "recipient", 320)?.to_string();
@@ -235,12 +238,13 @@ mod tests {
                        {"type":"delivered","campaign":"c","message_id":"m","recipient":"a@b.com","timestamp":"yesterday"},
                        {"type":"bounced","bounce_class":"hard","status":"5.1","campaign":"c","message_id":"m","recipient":"a@b.com"},
                        {"type":"conversion","campaign":"c","message_id":"m","recipient":"a@b.com","revenue":-1},
-                       "not an object"]"#;
+                       "not an object",
+                       {"type":"sent","campaign":"(unmatched)","message_id":"m","recipient":"a@b.com"}]"#;
         let errors = parse_events(body.as_bytes(), "t", now(), 100).unwrap_err();
         let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.index.unwrap(), e.field.as_str())).collect();
         assert_eq!(
             got,
-            vec![(1, "type"), (2, "bounce_class"), (3, "recipient"), (4, "colour"), (5, "timestamp"), (6, "status"), (7, "revenue"), (8, "")]
+            vec![(1, "type"), (2, "bounce_class"), (3, "recipient"), (4, "colour"), (5, "timestamp"), (6, "status"), (7, "revenue"), (8, ""), (9, "campaign")]
         );
         assert!(errors.iter().all(|e| !e.reason.is_empty()));
     }

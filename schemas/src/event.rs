@@ -8,6 +8,10 @@ use uuid::Uuid;
 /// does not know instead of guessing.
 pub const SCHEMA_VERSION: u16 = 1;
 
+/// Campaign of inbound mail (bounce, complaint, reply) whose send was not known when it was
+/// classified; reserved: a sending node cannot report events in it.
+pub const UNMATCHED_CAMPAIGN: &str = "(unmatched)";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {

@@ -7,5 +7,5 @@ mod inbound;
 mod rfc3339;
 
 pub use arrow::{arrow_schema, COLUMNS};
-pub use event::{derived_id, BounceClass, Envelope, Event, EventType, Provider, SCHEMA_VERSION};
+pub use event::{derived_id, BounceClass, Envelope, Event, EventType, Provider, SCHEMA_VERSION, UNMATCHED_CAMPAIGN};
 pub use inbound::InboundEnvelope;

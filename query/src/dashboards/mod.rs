@@ -10,7 +10,7 @@ use crate::QueryState;
 use axum::extract::{Query as UrlQuery, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{Duration, NaiveDate, Utc};
+use chrono::{Datelike, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use mailpipe_http::{ApiError, ReadKey};
 use mailpipe_store::{EventStore, Frame, Grain, QueryError, StoreError};
@@ -87,7 +87,10 @@ pub fn frame(from: Option<&str>, to: Option<&str>, tz: Option<&str>, grain: Grai
         Some(name) => name.parse().map_err(|_| ApiError::bad_request("tz", format!("unknown time zone {name:?}; use an IANA name such as Europe/Paris")))?,
     };
     let date = |field: &str, value: &str| {
-        NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| ApiError::bad_request(field, "must be a date YYYY-MM-DD"))
+        NaiveDate::parse_from_str(value, "%Y-%m-%d")
+            .ok()
+            .filter(|d| (1970..=9999).contains(&d.year()))
+            .ok_or_else(|| ApiError::bad_request(field, "must be a date YYYY-MM-DD between 1970-01-01 and 9999-12-31"))
     };
     let to = match to.filter(|s| !s.is_empty()) {
         Some(s) => date("to", s)?,
@@ -98,7 +101,12 @@ pub fn frame(from: Option<&str>, to: Option<&str>, tz: Option<&str>, grain: Grai
         None => to - Duration::days(29),
     };
     let frame = Frame::new(from, to, tz, grain);
-    frame.validate().map_err(|e| ApiError::bad_request(if matches!(e, QueryError::TooLong(_)) { "to" } else { "from" }, e.to_string()))?;
+    let field = |e: &QueryError| match e {
+        QueryError::TooLong(_) => "to",
+        QueryError::OddOffset => "tz",
+        _ => "from",
+    };
+    frame.validate().map_err(|e| ApiError::bad_request(field(&e), e.to_string()))?;
     Ok(frame)
 }
 
@@ -132,7 +140,12 @@ mod tests {
         assert_eq!(field(None, None, Some("Mars/Olympus")), "tz");
         assert_eq!(field(Some("2026-11-22"), Some("2026-11-21"), None), "from");
         assert_eq!(field(Some("2000-01-01"), Some("2026-11-21"), None), "to");
-        assert_eq!(field(Some("1969-12-01"), Some("1969-12-31"), None), "from");
+        assert_eq!(field(Some("1969-12-01"), Some("1970-01-31"), None), "from");
+        assert_eq!(field(Some("1975-01-01"), Some("1975-01-02"), Some("Pacific/Kiritimati")), "tz");
+        // Years chrono parses but no range can hold, and the default `from` before them.
+        assert_eq!(field(None, Some("-262143-01-01"), None), "to");
+        assert_eq!(field(None, Some("+262142-12-31"), None), "to");
+        assert_eq!(field(None, Some("1970-01-05"), None), "from");
     }
 
     #[test]

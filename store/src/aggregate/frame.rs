@@ -61,6 +61,12 @@ impl Frame {
         if self.lo_ms < 0 {
             return Err(QueryError::TooEarly);
         }
+        // Every engine cuts 15-minute buckets: an offset that is not a whole quarter hour
+        // (Pacific/Kiritimati before 1979, say) would put one bucket on both sides of a midnight.
+        let quarter = |ms: i64| ms.rem_euclid(15 * MINUTE_MS) == 0;
+        if !(quarter(self.lo_ms) && quarter(self.hi_ms) && self.segments.iter().all(|&(start, offset)| quarter(start) && quarter(offset))) {
+            return Err(QueryError::OddOffset);
+        }
         Ok(())
     }
 
@@ -195,6 +201,13 @@ mod tests {
         assert_eq!(f.bucket_of(ms("2026-03-29T21:59:59Z")), Some(Frame::day_bucket(d(2026, 3, 29))));
         assert_eq!(f.bucket_of(ms("2026-03-29T22:00:00Z")), None);
         assert_eq!(f.bucket_of(ms("2026-03-27T22:59:59Z")), None);
+    }
+
+    #[test]
+    fn offsets_that_are_not_quarter_hours_are_refused() {
+        let f = Frame::new(d(1975, 1, 1), d(1975, 1, 2), chrono_tz::Pacific::Kiritimati, Grain::Day);
+        assert_eq!(f.validate(), Err(QueryError::OddOffset));
+        assert!(Frame::new(d(2026, 1, 1), d(2026, 1, 2), chrono_tz::Pacific::Kiritimati, Grain::Day).validate().is_ok());
     }
 
     #[test]

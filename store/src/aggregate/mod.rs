@@ -24,8 +24,9 @@ pub const MAX_RANGE_DAYS: i64 = 731;
 /// Most group-by dimensions of one question.
 pub const MAX_DIMENSIONS: usize = 3;
 
-/// Strips what `message_key` strips, for `replaceRegexpAll` / `regexp_replace(.., 'g')`.
-pub const MESSAGE_KEY_REGEX: &str = r"^\s*<*|>*\s*$";
+/// Strips what `message_key` strips, for `regexp_replace(.., 'g')`: ClickHouse's views use
+/// `^\s*<*|>*\s*$`, whose `\s` (RE2) is this ASCII class, as `is_ascii_whitespace` is.
+pub const MESSAGE_KEY_REGEX: &str = r"^[\t\n\f\r ]*<*|>*[\t\n\f\r ]*$";
 
 /// The kinds counted once per message, at the message's earliest such event.
 pub const FIRST_KINDS: [EventType; 4] = [EventType::Open, EventType::Click, EventType::Unsubscribe, EventType::Complaint];
@@ -101,6 +102,8 @@ pub enum QueryError {
     TooLong(i64),
     #[error("dates before 1970 are not stored")]
     TooEarly,
+    #[error("the time zone's UTC offset in this range is not a whole quarter hour")]
+    OddOffset,
     #[error("at most {MAX_DIMENSIONS} group-by dimensions, each once")]
     Dimensions,
     #[error("{0:?} is not counted once per message")]
@@ -161,7 +164,7 @@ impl Aggregate {
 /// A Message-ID without its angle brackets and surrounding space: reports quote it either way.
 /// The SQL twin is `MESSAGE_KEY_REGEX` (ClickHouse's views store keys made with it).
 pub fn message_key(message_id: &str) -> &str {
-    message_id.trim().trim_start_matches('<').trim_end_matches('>')
+    message_id.trim_matches(|c: char| c.is_ascii_whitespace()).trim_start_matches('<').trim_end_matches('>')
 }
 
 /// What every engine sums per bucket and group: events per type, bounces by class, first
@@ -320,9 +323,11 @@ mod tests {
 
     #[test]
     fn message_keys_ignore_brackets_and_space() {
-        for id in ["m@x", "<m@x>", " <m@x> ", "<<m@x>>", "m@x>"] {
+        for id in ["m@x", "<m@x>", " <m@x> ", "<<m@x>>", "m@x>", "\t<m@x>\r\n"] {
             assert_eq!(message_key(id), "m@x", "{id:?}");
         }
+        // Only ASCII space, as ClickHouse's regex strips it.
+        assert_eq!(message_key("\u{a0}<m@x>"), "\u{a0}<m@x");
     }
 
     #[test]
