@@ -14,7 +14,7 @@
 //! an older server lacks (LowCardinality, column codecs) are left out when it is older.
 
 use crate::aggregate::sql::{self, Bind, Dialect, Family, PartialRow, Sql};
-use crate::aggregate::{message_key, Accumulator, Dimension, Frame, Grain, Measure, MESSAGE_KEY_REGEX};
+use crate::aggregate::{message_key, Accumulator, Dimension, Frame, Grain, Measure};
 use crate::{Aggregate, AggregateAnswer, EventStore, Filters, SentMessage, StoreError, UNMATCHED_CAMPAIGN};
 use async_trait::async_trait;
 use clickhouse::{Client, Row};
@@ -37,7 +37,7 @@ const RECORD_MIGRATION: &str = "INSERT INTO schema_migrations (version, name, ch
 const COUNTS: &str = "SELECT count(), uniqExact(event_id) FROM events";
 const SEND: &str = "SELECT campaign, variant FROM sends WHERE tenant = ? AND message_key = ? ORDER BY occurred_ms DESC LIMIT 1";
 
-/// ClickHouse's SQL; times are compared as literals (they are ours, not the caller's).
+/// ClickHouse's SQL; times are written as literals (they are ours, not the caller's).
 struct ClickHouseDialect;
 const DIALECT: ClickHouseDialect = ClickHouseDialect;
 
@@ -50,30 +50,6 @@ impl Dialect for ClickHouseDialect {
     }
     fn int64(&self, e: &str) -> String {
         format!("toInt64({e})")
-    }
-    fn count_distinct(&self, e: &str) -> String {
-        format!("uniqExact({e})")
-    }
-    fn events_table(&self) -> &str {
-        "events"
-    }
-    fn ms(&self) -> &str {
-        "occurred_ms"
-    }
-    fn bounce_class(&self) -> &str {
-        "bounce_class"
-    }
-    fn message_key(&self) -> String {
-        format!("replaceRegexpAll(message_id, '{}', '')", MESSAGE_KEY_REGEX.replace('\\', "\\\\"))
-    }
-    fn first_by_time(&self, column: &str) -> String {
-        format!("argMin({column}, occurred_ms)")
-    }
-    fn time_at_least(&self, _sql: &mut Sql, ms: i64) -> String {
-        format!("occurred_ms >= {ms}")
-    }
-    fn time_before(&self, _sql: &mut Sql, ms: i64) -> String {
-        format!("occurred_ms < {ms}")
     }
 }
 

@@ -1,7 +1,7 @@
-//! The SQL both SQL engines share: an `Aggregate` over raw event rows (DataFusion answers
-//! everything this way; ClickHouse answers distinct counts this way and the rest from its
-//! aggregate tables), the rows every such query returns, and their fold into an answer.
-//! Each engine supplies its dialect: placeholders, integer division, where its columns are.
+//! The SQL both SQL engines share: buckets, dimensions, filters and binds, the rows every
+//! query returns and their fold into an answer; and an `Aggregate` over raw event rows (how
+//! DataFusion answers). Each engine supplies its dialect: placeholders, integer division, and
+//! for raw rows, where its columns are.
 
 use super::{first_index, Accumulator, Aggregate, Dimension, Frame};
 use mailpipe_schemas::EventType;
@@ -14,13 +14,17 @@ pub enum Bind {
     Ms(i64),
 }
 
-/// How one engine writes what the shared queries need.
+/// How one engine writes what the shared pieces need.
 pub trait Dialect {
     /// Placeholder of the `n`th bind (from 1).
     fn placeholder(&self, n: usize) -> String;
     fn int_div(&self, a: String, b: i64) -> String;
     /// An expression as a 64-bit signed integer.
     fn int64(&self, e: &str) -> String;
+}
+
+/// An engine that answers from raw event rows (`raw_counts`, `raw_firsts`, `raw_distinct`).
+pub trait RawEvents: Dialect {
     fn count_distinct(&self, e: &str) -> String;
     /// The raw events: the relation, its event time in ms, its bounce class ('' if none),
     /// its message key, and a condition on the event time.
@@ -140,7 +144,7 @@ fn raw_column(dim: Dimension) -> String {
     }
 }
 
-fn time_range(d: &dyn Dialect, sql: &mut Sql, frame: &Option<Frame>) -> String {
+fn time_range(d: &dyn RawEvents, sql: &mut Sql, frame: &Option<Frame>) -> String {
     match frame {
         None => String::new(),
         Some(f) => format!(" AND {} AND {}", d.time_at_least(sql, f.lo_ms), d.time_before(sql, f.hi_ms)),
@@ -148,7 +152,7 @@ fn time_range(d: &dyn Dialect, sql: &mut Sql, frame: &Option<Frame>) -> String {
 }
 
 /// Events per bucket, group, type and bounce class, from raw rows.
-pub fn raw_counts(d: &dyn Dialect, q: &Aggregate, tenant: &str) -> Option<Sql> {
+pub fn raw_counts(d: &dyn RawEvents, q: &Aggregate, tenant: &str) -> Option<Sql> {
     if !q.wants_counts() {
         return None;
     }
@@ -176,7 +180,7 @@ pub fn raw_counts(d: &dyn Dialect, q: &Aggregate, tenant: &str) -> Option<Sql> {
 /// Messages per bucket, group and type whose first event of the type falls in the bucket,
 /// from raw rows: the first is taken over all of the tenant's time, by message key, and the
 /// filters apply to the first (its campaign and variant), never to the events before it.
-pub fn raw_firsts(d: &dyn Dialect, q: &Aggregate, tenant: &str) -> Option<Sql> {
+pub fn raw_firsts(d: &dyn RawEvents, q: &Aggregate, tenant: &str) -> Option<Sql> {
     let kinds = q.first_types();
     if kinds.is_empty() {
         return None;
@@ -213,7 +217,7 @@ pub fn raw_firsts(d: &dyn Dialect, q: &Aggregate, tenant: &str) -> Option<Sql> {
 }
 
 /// Distinct recipients per bucket, group and type, from raw rows.
-pub fn raw_distinct(d: &dyn Dialect, q: &Aggregate, tenant: &str) -> Option<Sql> {
+pub fn raw_distinct(d: &dyn RawEvents, q: &Aggregate, tenant: &str) -> Option<Sql> {
     let types = q.distinct_types();
     if types.is_empty() {
         return None;

@@ -1,7 +1,7 @@
 use super::convert::{apply_batch, to_batch};
 use super::files::{self, DataFile};
 use super::DataFusionStoreConfig;
-use crate::aggregate::sql::{self, Bind, Dialect, Family, PartialRow, Sql};
+use crate::aggregate::sql::{self, Bind, Dialect, Family, PartialRow, RawEvents, Sql};
 use crate::aggregate::{Accumulator, MESSAGE_KEY_REGEX};
 use crate::rollup::{Rollup, RowRef};
 use crate::{Aggregate, AggregateAnswer, EventStore, SentMessage, StoreError, UNMATCHED_CAMPAIGN};
@@ -224,6 +224,9 @@ impl Dialect for DataFusionDialect {
     fn int64(&self, e: &str) -> String {
         format!("CAST({e} AS BIGINT)")
     }
+}
+
+impl RawEvents for DataFusionDialect {
     fn count_distinct(&self, e: &str) -> String {
         format!("count(DISTINCT {e})")
     }
