@@ -2,22 +2,49 @@
 //! acknowledged once it is durable on the bus; the classifier reads it from there.
 
 use crate::IngestState;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use mailpipe_bus::{Message, INBOUND_TOPIC};
-use mailpipe_http::{authorize, ApiError};
+use mailpipe_http::{ApiError, Body, Key};
 use mailpipe_schemas::{derived_id, InboundEnvelope, SCHEMA_VERSION};
-use mailpipe_tenants::Scope;
+use serde::Serialize;
 use std::sync::Arc;
 
+/// The answer once the message is durable.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"inbound_id": "7f0c8a52-41d4-5d7a-9b1e-2a4c00000001"}))]
+pub struct InboundAccepted {
+    /// Derived from the tenant and the bytes: the same message delivered twice counts once.
+    pub inbound_id: uuid::Uuid,
+}
+
+/// Hand over a raw inbound message (bounce, complaint, reply)
+///
+/// The RFC 5322 message as it arrived, as the body (`mailpipe inbound` does this for an
+/// MTA's pipe transport). Answered once it is durable; the classifier reads it from the bus.
+#[utoipa::path(
+    post,
+    path = "/v1/inbound",
+    tag = "inbound",
+    request_body(
+        description = "The raw message.",
+        content(
+            (String = "message/rfc822", example = "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@mail.example.com\r\nSubject: Undelivered Mail\r\n\r\n..."),
+            (String = "text/plain"),
+        ),
+    ),
+    responses(
+        (status = 202, description = "The message is durable on the bus.", body = InboundAccepted),
+        (status = 503, description = "The bus cannot take writes; retry.", body = mailpipe_http::ErrorBody),
+    ),
+    security(("api_key" = ["inbound:write"])),
+)]
 pub(crate) async fn post_inbound(
     State(state): State<Arc<IngestState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let principal = authorize(&headers, &state.registry, Scope::Write)?;
+    Key(principal): Key,
+    Body(body): Body,
+) -> Result<(StatusCode, Json<InboundAccepted>), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("body", "expected a raw RFC 5322 message"));
     }
@@ -35,5 +62,5 @@ pub(crate) async fn post_inbound(
         ApiError::unavailable("the event bus cannot take writes right now; retry")
     })?;
     metrics::counter!("mailpipe_ingest_inbound_messages_total").increment(1);
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "inbound_id": envelope.inbound_id }))))
+    Ok((StatusCode::ACCEPTED, Json(InboundAccepted { inbound_id: envelope.inbound_id })))
 }

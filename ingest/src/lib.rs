@@ -10,8 +10,8 @@ use axum::extract::Request;
 use axum::http::Method;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
-use axum::routing::{get, post};
 use axum::Router;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use futures::future::{BoxFuture, Either};
 use mailpipe_bus::{BusError, EventBus, Message, EVENTS_TOPIC};
 use mailpipe_schemas::{Envelope, Event};
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 pub use events::{parse_events, MAX_FIELD_LEN};
+pub use tracking::UNSUBSCRIBE_BODY_MAX;
 
 pub struct IngestState {
     pub bus: Arc<dyn EventBus>,
@@ -112,11 +113,12 @@ async fn busy_poll(state: Arc<IngestState>) {
     }
 }
 
-/// The edge's HTTP service: the ingest routes and `others` (ops endpoints, or the query API when
-/// every role runs in one process). `GET /o/{token}` is answered before routing: it is the
-/// hottest path (every open of every mail) and needs none of the router's work.
-pub fn edge(state: Arc<IngestState>, others: Router) -> Edge {
-    Edge { router: router(state.clone()).merge(others), state }
+/// The edge's HTTP service: `routes` (the ingest routes of [`router`] with the ops endpoints,
+/// or the query API too when every role runs in one process), with `GET /o/{token}` answered
+/// before routing: it is the hottest path (every open of every mail) and needs none of the
+/// router's work.
+pub fn edge(state: Arc<IngestState>, routes: Router) -> Edge {
+    Edge { router: routes, state }
 }
 
 #[derive(Clone)]
@@ -135,9 +137,9 @@ impl tower_service::Service<Request> for Edge {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // Only plain tokens (base64url, as minted) take the short way; anything else (percent
-        // escapes, more path segments) goes through the router like every other request.
-        if request.method() == Method::GET && is_plain_pixel_path(request.uri().path()) {
+        // Every GET of /o/... takes the short way: whatever the path holds after /o/ is the
+        // token, and the answer is the GIF (a mail client must never show a broken image).
+        if request.method() == Method::GET && request.uri().path().starts_with("/o/") {
             let state = self.state.clone();
             return Either::Left(Box::pin(async move {
                 let token = &request.uri().path()["/o/".len()..];
@@ -155,22 +157,24 @@ impl Edge {
     }
 }
 
-/// Whether `path` is `/o/{token}` with the token written as minted (base64url, no escapes).
-fn is_plain_pixel_path(path: &str) -> bool {
-    path.strip_prefix("/o/")
-        .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'='))
+/// The edge's routes with their documentation: what `router` serves and the document lists.
+pub fn api() -> OpenApiRouter<Arc<IngestState>> {
+    OpenApiRouter::new()
+        .routes(routes!(events::post_events))
+        .routes(routes!(inbound::post_inbound))
+        .routes(routes!(tracking::open))
+        .routes(routes!(tracking::click))
+        .routes(routes!(tracking::unsubscribe_page, tracking::unsubscribe))
+        // An empty token is a link that is not valid, answered like any other (the page, not
+        // the API's 404).
+        .route("/c/", axum::routing::get(tracking::click))
+        .route("/u/", axum::routing::get(tracking::unsubscribe_page).post(tracking::unsubscribe))
 }
 
 pub fn router(state: Arc<IngestState>) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.max_body_bytes);
-    Router::new()
-        .route("/v1/events", post(events::post_events))
-        .route("/v1/inbound", post(inbound::post_inbound))
-        .route("/o/{token}", get(tracking::open))
-        .route("/c/{token}", get(tracking::click))
-        .route("/u/{token}", get(tracking::unsubscribe_page).post(tracking::unsubscribe))
-        .layer(body_limit)
-        .with_state(state)
+    let (router, _) = api().layer(body_limit).with_state(state).split_for_parts();
+    router
 }
 
 /// Publishes events to the raw topic, keyed by tenant + recipient so one recipient's events

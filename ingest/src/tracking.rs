@@ -3,11 +3,11 @@
 //! always served; a GET never unsubscribes (link scanners prefetch URLs).
 
 use crate::IngestState;
-use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
+use mailpipe_http::ApiError;
 use mailpipe_schemas::{Event, EventType};
 use mailpipe_tokens::{Claims, Kind};
 use std::sync::Arc;
@@ -88,10 +88,32 @@ fn not_found() -> Response {
     no_store((StatusCode::NOT_FOUND, Html(NOT_FOUND_PAGE)).into_response())
 }
 
-// The tracking routes take the whole request to read its headers in place: the `HeaderMap`
-// extractor would copy them on every hit.
-pub(crate) async fn open(State(state): State<Arc<IngestState>>, Path(token): Path<String>, request: Request) -> Response {
-    pixel(&state, &token, request.headers()).await
+/// The token of a tracking path (`/o/<token>`), as it was written: minted tokens are
+/// base64url, so one with escapes or more segments is simply not valid.
+fn token<'a>(request: &'a Request, prefix: &str) -> &'a str {
+    request.uri().path().strip_prefix(prefix).unwrap_or("")
+}
+
+/// The open pixel
+///
+/// Always the 43-byte GIF, whatever the token (a mail client must never show a broken
+/// image); only a valid token's hit is recorded, and a `HEAD` (scanners) records nothing.
+#[utoipa::path(
+    get,
+    path = "/o/{token}",
+    tag = "tracking",
+    params(("token" = String, Path, description = "A signed open token (`mailpipe url open`).", example = "AQJrMQFhY21l...")),
+    responses((status = 200, description = "A transparent 1x1 GIF.", content_type = "image/gif", body = Vec<u8>)),
+)]
+pub(crate) async fn open(State(state): State<Arc<IngestState>>, request: Request) -> Response {
+    if request.method() == Method::HEAD {
+        return gif();
+    }
+    pixel(&state, token(&request, "/o/"), request.headers()).await
+}
+
+fn gif() -> Response {
+    no_store(([(header::CONTENT_TYPE, "image/gif")], &PIXEL_GIF[..]).into_response())
 }
 
 /// The open pixel: always the GIF, whatever the token; only a valid token's hit is recorded.
@@ -102,12 +124,25 @@ pub(crate) async fn pixel(state: &IngestState, token: &str, headers: &HeaderMap)
         }
         Err(_) => metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "open").increment(1),
     }
-    no_store(([(header::CONTENT_TYPE, "image/gif")], &PIXEL_GIF[..]).into_response())
+    gif()
 }
 
-pub(crate) async fn click(State(state): State<Arc<IngestState>>, Path(token): Path<String>, request: Request) -> Response {
-    let headers = request.headers();
-    let Ok(claims) = state.registry.verify(&token, Kind::Click) else {
+/// A tracked link
+///
+/// Redirects to the link's destination and records the click; a forged or altered token
+/// never redirects. The recipient gets their page even if the bus is down.
+#[utoipa::path(
+    get,
+    path = "/c/{token}",
+    tag = "tracking",
+    params(("token" = String, Path, description = "A signed click token (`mailpipe url click`).", example = "AQJrMQFhY21l...")),
+    responses(
+        (status = 302, description = "To the link's destination.", headers(("Location" = String, description = "The destination."))),
+        (status = 404, description = "Not a valid link (a page for the recipient).", content_type = "text/html", body = String),
+    ),
+)]
+pub(crate) async fn click(State(state): State<Arc<IngestState>>, request: Request) -> Response {
+    let Ok(claims) = state.registry.verify(token(&request, "/c/"), Kind::Click) else {
         metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "click").increment(1);
         return not_found();
     };
@@ -115,13 +150,28 @@ pub(crate) async fn click(State(state): State<Arc<IngestState>>, Path(token): Pa
     if !(claims.link.starts_with("https://") || claims.link.starts_with("http://")) {
         return not_found();
     }
-    // The recipient gets their page even if the bus is down; the hit is logged as lost.
-    record(&state, hit_event(claims, EventType::Click, headers)).await;
+    if request.method() != Method::HEAD {
+        record(&state, hit_event(claims, EventType::Click, request.headers())).await;
+    }
     no_store((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
 }
 
-pub(crate) async fn unsubscribe_page(State(state): State<Arc<IngestState>>, Path(token): Path<String>) -> Response {
-    if state.registry.verify(&token, Kind::Unsubscribe).is_err() {
+/// The unsubscribe page
+///
+/// A page with one button; a GET never unsubscribes (link scanners prefetch URLs).
+#[utoipa::path(
+    get,
+    path = "/u/{token}",
+    tag = "tracking",
+    params(("token" = String, Path, description = "A signed unsubscribe token (`mailpipe url unsubscribe`).", example = "AQJrMQFhY21l...")),
+    responses(
+        (status = 200, description = "The page with the unsubscribe button.", content_type = "text/html", body = String),
+        (status = 404, description = "Not a valid link.", content_type = "text/html", body = String),
+    ),
+)]
+pub(crate) async fn unsubscribe_page(State(state): State<Arc<IngestState>>, request: Request) -> Response {
+    let token = token(&request, "/u/");
+    if state.registry.verify(token, Kind::Unsubscribe).is_err() {
         return not_found();
     }
     let page = format!(
@@ -133,26 +183,54 @@ pub(crate) async fn unsubscribe_page(State(state): State<Arc<IngestState>>, Path
     no_store(Html(page).into_response())
 }
 
-/// RFC 8058 one-click: the body must say `List-Unsubscribe=One-Click` (form-urlencoded or
-/// multipart); no cookie, no auth, no redirect.
-pub(crate) async fn unsubscribe(
-    State(state): State<Arc<IngestState>>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let Ok(claims) = state.registry.verify(&token, Kind::Unsubscribe) else {
+/// Largest one-click body: the form says `List-Unsubscribe=One-Click`, a few dozen bytes.
+pub const UNSUBSCRIBE_BODY_MAX: usize = 4096;
+
+/// The one-click form of RFC 8058.
+#[allow(dead_code)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct OneClick {
+    #[serde(rename = "List-Unsubscribe")]
+    #[schema(pattern = "^One-Click$", example = "One-Click")]
+    list_unsubscribe: String,
+}
+
+/// One-click unsubscribe (RFC 8058)
+///
+/// What a mail client posts when the recipient presses its unsubscribe button. The body must
+/// say `List-Unsubscribe=One-Click`; no cookie, no key, no redirect.
+#[utoipa::path(
+    post,
+    path = "/u/{token}",
+    tag = "tracking",
+    params(("token" = String, Path, description = "A signed unsubscribe token.", example = "AQJrMQFhY21l...")),
+    request_body(content(
+        (OneClick = "application/x-www-form-urlencoded", example = json!({"List-Unsubscribe": "One-Click"})),
+        (OneClick = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, description = "Unsubscribed (a page for the recipient).", content_type = "text/html", body = String),
+        (status = 404, description = "Not a valid link.", content_type = "text/html", body = String),
+        (status = 503, description = "The bus cannot take writes; the mail client should retry.", body = mailpipe_http::ErrorBody),
+    ),
+)]
+pub(crate) async fn unsubscribe(State(state): State<Arc<IngestState>>, request: Request) -> Response {
+    let Ok(claims) = state.registry.verify(token(&request, "/u/"), Kind::Unsubscribe) else {
         metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "unsubscribe").increment(1);
         return not_found();
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, UNSUBSCRIBE_BODY_MAX).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body", format!("a one-click body is at most {UNSUBSCRIBE_BODY_MAX} bytes")).into_response();
     };
     let body = String::from_utf8_lossy(&body);
     let one_click = body.split('&').any(|p| p.trim() == "List-Unsubscribe=One-Click")
         || (body.contains("name=\"List-Unsubscribe\"") && body.contains("One-Click"));
     if !one_click {
-        return (StatusCode::BAD_REQUEST, "expected the body List-Unsubscribe=One-Click (RFC 8058)\n").into_response();
+        return ApiError::bad_request("body", "expected the body List-Unsubscribe=One-Click (RFC 8058)").into_response();
     }
-    if !record(&state, hit_event(claims, EventType::Unsubscribe, &headers)).await {
-        return (StatusCode::SERVICE_UNAVAILABLE, "please try again in a minute\n").into_response();
+    if !record(&state, hit_event(claims, EventType::Unsubscribe, &parts.headers)).await {
+        return ApiError::unavailable("please try again in a minute").into_response();
     }
     no_store(Html("<!doctype html><meta charset=utf-8><title>Unsubscribed</title><p>You are unsubscribed.</p>").into_response())
 }

@@ -1,6 +1,7 @@
 //! Benchmarks that print figures (never tests: these machines are shared and noisy).
 //! `overview`: overview query latency over HTTP from the rollup on N stored events, next to
-//! DataFusion scanning the same raw rows. `freshness`: tracking hit to queryable, p50/p99.
+//! DataFusion scanning the same raw rows. `guard`: what key, scope and rate-limit checks
+//! cost, against the same routes without them. `freshness`: tracking hit to queryable, p50/p99.
 //! `production`: Kafka -> processor -> ClickHouse (rows/s, events/s per core, overview
 //! latency). The pixel throughput benchmark against nginx is `tests/bench/pixel.sh`.
 
@@ -35,6 +36,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         scans: usize,
     },
+    /// What the guard (API key, scope, rate limit) costs: overview requests/s with and
+    /// without it, on the same store, in one run.
+    Guard {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value = "./bench-data/guard")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
     /// Kafka -> processor -> ClickHouse on running servers (see tests/bench/production.sh).
     Production {
         /// ClickHouse HTTP URL.
@@ -63,6 +78,7 @@ pub enum BenchCommand {
 pub async fn run(command: BenchCommand, _config: Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Overview { events, dir, queries, scans } => overview(events, dir, queries, scans).await,
+        BenchCommand::Guard { events, dir, seconds, rounds, concurrency } => guard_cost(events, dir, seconds, rounds, concurrency).await,
         BenchCommand::Freshness { rate, seconds } => freshness(rate, seconds).await,
         BenchCommand::Production { clickhouse, brokers, events, queries, batch } => production(clickhouse, brokers, events, queries, batch).await,
     }
@@ -81,7 +97,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> anyhow::Result<()> {
+/// The benchmark store of `events` generated events in `dir` (generated the first time).
+async fn bench_store(events: usize, dir: &std::path::Path) -> anyhow::Result<Arc<DataFusionEventStore>> {
     let marker = dir.join(format!("complete-{events}"));
     if !marker.exists() {
         if dir.exists() {
@@ -103,21 +120,41 @@ async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> 
         std::fs::write(&marker, written.to_string())?;
     }
     let opened = Instant::now();
-    let store = Arc::new(DataFusionEventStore::open(DataFusionStoreConfig::new(&dir)).await?);
+    let store = Arc::new(DataFusionEventStore::open(DataFusionStoreConfig::new(dir)).await?);
     let stored = store.event_count();
     println!("store: {stored} events in {} files, opened (rollup rebuilt) in {:.1} s", store.file_count().await, opened.elapsed().as_secs_f64());
+    Ok(store)
+}
 
+/// The benchmark's registry in `dir`, with the demo tenants and a fresh `stats:read` key of
+/// acme that no limit stops (the figures are of the store, not of the limit).
+fn bench_key(dir: &std::path::Path) -> anyhow::Result<(Arc<mailpipe_tenants::Registry>, String)> {
     let registry = Arc::new(mailpipe_tenants::Registry::open(dir.join("registry.json"))?);
     if registry.tenants().is_empty() {
         for t in crate::demo::DEMO_TENANTS {
             registry.create_tenant(t)?;
         }
     }
-    let key = registry.create_api_key("acme", mailpipe_tenants::Scope::Read)?;
-    let router = mailpipe_query::router(Arc::new(mailpipe_query::QueryState { store: store.clone(), registry }));
+    let mut new = mailpipe_tenants::NewKey::new("acme", &[mailpipe_tenants::Scope::StatsRead]);
+    new.name = "benchmark".into();
+    new.rate_limit_per_minute = Some(u32::MAX);
+    let key = registry.create_api_key(new)?;
+    Ok((registry, key))
+}
+
+/// Serves the query API on `store` behind `guard`, on a free port.
+async fn serve_query(store: Arc<DataFusionEventStore>, guard: mailpipe_http::Guard) -> anyhow::Result<std::net::SocketAddr> {
+    let router = crate::api::guarded(mailpipe_query::router(Arc::new(mailpipe_query::QueryState { store })), guard);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> anyhow::Result<()> {
+    let store = bench_store(events, &dir).await?;
+    let (registry, key) = bench_key(&dir)?;
+    let addr = serve_query(store.clone(), crate::api::guard(&Config::default(), registry)).await?;
 
     let campaigns: Vec<String> = Campaigns::answer(store.as_ref(), "acme", campaigns::Params {})
         .await
@@ -180,6 +217,58 @@ async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> 
     println!(
         "reference: the same totals by a DataFusion scan of raw Parquet rows ({} queries, answers identical): p50 {:.0} ms, p95 {:.0} ms",
         scan_ms.len(), percentile(&scan_ms, 0.5), percentile(&scan_ms, 0.95)
+    );
+    Ok(())
+}
+
+/// Requests a second of `GET /v1/stats/overview` (30 days, UTC) from the guarded API and from
+/// the same routes with nothing checked, in alternating rounds of `seconds`.
+async fn guard_cost(events: usize, dir: PathBuf, seconds: u64, rounds: usize, concurrency: usize) -> anyhow::Result<()> {
+    let store = bench_store(events, &dir).await?;
+    let (registry, key) = bench_key(&dir)?;
+    let principal = registry.authenticate(&key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let guarded = serve_query(store.clone(), crate::api::guard(&Config::default(), registry.clone())).await?;
+    let unchecked = serve_query(store, crate::api::guard(&Config::default(), registry).unchecked(principal)).await?;
+    let client = reqwest::Client::new();
+    let today = Utc::now().date_naive();
+    let path = format!("/v1/stats/overview?from={}&to={today}", today - Days::days(29));
+    let round = |addr: std::net::SocketAddr| {
+        let (client, key, url) = (client.clone(), key.clone(), format!("http://{addr}{path}"));
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let workers = (0..concurrency).map(|_| {
+                let (client, key, url) = (client.clone(), key.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        client.get(&url).bearer_auth(&key).send().await?.error_for_status()?.bytes().await?;
+                        n += 1;
+                    }
+                    anyhow::Ok(n)
+                })
+            });
+            let mut total = 0;
+            for w in futures::future::join_all(workers).await {
+                total += w??;
+            }
+            anyhow::Ok(total as f64 / seconds as f64)
+        }
+    };
+    round(guarded).await?; // warm both
+    round(unchecked).await?;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        with.push(round(guarded).await?);
+        without.push(round(unchecked).await?);
+    }
+    with.sort_by(f64::total_cmp);
+    without.sort_by(f64::total_cmp);
+    let (w, wo) = (percentile(&with, 0.5), percentile(&without, 0.5));
+    println!(
+        "GET /v1/stats/overview (30 days), {concurrency} connections, {rounds} alternating rounds of {seconds} s: \
+         with key, scope and rate limit {w:.0} req/s (min {:.0}, max {:.0}); without {wo:.0} req/s (min {:.0}, max {:.0}); \
+         cost {:.1}% of requests/s",
+        with[0], with[rounds - 1], without[0], without[rounds - 1], (1.0 - w / wo) * 100.0
     );
     Ok(())
 }

@@ -79,6 +79,9 @@ struct Campaign {
     variants: &'static [&'static str],
     send_at: DateTime<Utc>,
     audience: usize,
+    /// How long sending takes: two hours for a broadcast; the whole period for the triggered
+    /// welcome mail, sent evenly up to the minute the demo starts.
+    spread: Duration,
 }
 
 pub struct Generator {
@@ -138,34 +141,50 @@ impl Generator {
             .collect()
     }
 
+    /// Broadcasts spread over the period, the last a few hours before now, and one triggered
+    /// welcome mail sent all along.
     fn campaigns(&mut self, tenant: &str) -> Vec<Campaign> {
-        let n = self.profile.campaigns_per_tenant;
-        (0..n)
+        let n = self.profile.campaigns_per_tenant.max(2);
+        let days = self.profile.days;
+        let (lo, hi) = self.profile.audience;
+        let mut campaigns: Vec<Campaign> = (0..n - 1)
             .map(|i| {
-                // Spread sends over the period, on weekdays, at 9:00-15:00 UTC.
-                let mut day = self.now - Duration::days(self.profile.days) + Duration::days((i as i64 * self.profile.days) / n as i64 + 1);
+                // On weekdays, at 9:00-15:00 UTC, never later than three hours ago.
+                let mut day = self.now - Duration::days(days) + Duration::days(((i as i64 + 1) * days) / (n as i64 - 1));
                 while day.weekday().number_from_monday() > 5 {
-                    day += Duration::days(1);
+                    day -= Duration::days(1);
                 }
                 let send_at = Utc
                     .with_ymd_and_hms(day.year(), day.month(), day.day(), self.rng.random_range(9..15), 0, 0)
                     .single()
-                    .unwrap_or(day);
-                let (lo, hi) = self.profile.audience;
+                    .unwrap_or(day)
+                    .min(self.now - Duration::hours(3));
                 Campaign {
                     name: format!("{tenant}-{}-{:02}", TOPICS[i % TOPICS.len()], i + 1),
                     variants: if i % 2 == 0 { &["A", "B"] } else { &[""] },
                     send_at,
                     audience: self.rng.random_range(lo..=hi.max(lo)),
+                    spread: Duration::hours(2),
                 }
             })
-            .collect()
+            .collect();
+        campaigns.push(Campaign {
+            name: format!("{tenant}-welcome"),
+            variants: &[""],
+            send_at: self.now - Duration::days(days),
+            audience: self.rng.random_range(lo..=hi.max(lo)),
+            spread: Duration::days(days),
+        });
+        campaigns
     }
 
     fn message(&mut self, tenant: &str, c: &Campaign, i: usize, r: &Recipient) {
         let variant = c.variants[i % c.variants.len()];
         let message_id = format!("<{}.{i}@mail.{tenant}.example>", c.name);
-        let sent_at = c.send_at + Duration::seconds(self.rng.random_range(0..7200));
+        // Evenly over the spread with a little jitter; the last message a minute before now
+        // for the welcome mail.
+        let step = c.spread.num_seconds() / c.audience.max(1) as i64;
+        let sent_at = (c.send_at + Duration::seconds(step * (i as i64 + 1) - self.rng.random_range(0..step.max(1)))).min(self.now - Duration::minutes(1));
         let provider = Provider::from_recipient(&r.address);
         let ev = |g: &mut Generator, t: EventType, at: DateTime<Utc>| Event {
             campaign: c.name.clone(),
@@ -289,6 +308,12 @@ mod tests {
             assert!(events.iter().any(|e| e.event_type == t), "no {t:?} events");
         }
         assert!(events.iter().all(|e| e.occurred_at <= now && e.occurred_at > now - Duration::days(91)));
+        // Traffic runs up to the minute the demo starts, and the last week is full.
+        let latest = events.iter().map(|e| e.occurred_at).max().unwrap();
+        assert!(latest >= now - Duration::minutes(5), "the latest event is at {latest}");
+        let last_week = events.iter().filter(|e| e.event_type == EventType::Sent && e.occurred_at > now - Duration::days(7)).count();
+        let sent = events.iter().filter(|e| e.event_type == EventType::Sent).count();
+        assert!(last_week * 20 > sent, "only {last_week} of {sent} sends in the last week");
         let opens: Vec<_> = events.iter().filter(|e| e.event_type == EventType::Open).collect();
         let mut by_hour = [0usize; 24];
         for e in &opens {

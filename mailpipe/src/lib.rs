@@ -2,6 +2,7 @@
 //! and operations endpoints, runs the processors, and stops in the order that loses nothing.
 //! `serve` runs every role in one process; `ingest`, `process` and `query` run one each.
 
+pub mod api;
 pub mod bench;
 pub mod demo;
 pub mod telemetry;
@@ -10,8 +11,8 @@ use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Router, ServiceExt};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus, EventBus, KafkaBusConfig, KafkaEventBus};
 use mailpipe_config::{BusConfig, Config, StoreConfig};
 use mailpipe_processors::{InboundRunner, Runner, RunnerConfig, Validate};
@@ -83,13 +84,47 @@ pub fn clickhouse_config(c: &mailpipe_config::ClickHouseConfig) -> ClickHouseSto
     ClickHouseStoreConfig { url: c.url.clone(), database: c.database.clone(), user: c.user.clone(), password: c.password.clone() }
 }
 
-/// `/healthz`, `/readyz` (every backend this process uses answers) and `/metrics`.
+/// What the operations routes read: the backends this process uses, and the API document.
+#[derive(Clone)]
+pub struct OpsState {
+    bus: Option<Arc<dyn EventBus>>,
+    store: Option<Arc<dyn EventStore>>,
+    doc: api::DocumentJson,
+}
+
+impl axum::extract::FromRef<OpsState> for api::DocumentJson {
+    fn from_ref(state: &OpsState) -> Self {
+        state.doc.clone()
+    }
+}
+
+/// The operations routes with their documentation.
+pub fn ops_api() -> OpenApiRouter<OpsState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(ready)).routes(routes!(metrics_text)).routes(routes!(api::document))
+}
+
+/// `/healthz`, `/readyz` (every backend this process uses answers), `/metrics` and
+/// `/v1/openapi.json`.
 pub fn ops_router(bus: Option<Arc<dyn EventBus>>, store: Option<Arc<dyn EventStore>>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(|| async { telemetry::render_metrics() }))
-        .with_state((bus, store))
+    let doc = api::DocumentJson(Arc::new(api::openapi_json()));
+    ops_api().with_state(OpsState { bus, store, doc }).split_for_parts().0
+}
+
+/// Liveness
+///
+/// `ok` while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive.", content_type = "text/plain", body = String, example = "ok\n")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Metrics
+///
+/// Prometheus text: requests by route, status and tier, rate-limited requests, events by
+/// source, bus and store figures.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format.", content_type = "text/plain", body = String, example = "mailpipe_http_requests_total{route=\"/v1/stats/overview\",status=\"200\",tier=\"pro\"} 42\n")))]
+async fn metrics_text() -> String {
+    telemetry::render_metrics()
 }
 
 /// Runs one role until `shutdown` resolves (`mailpipe ingest | process | query`).
@@ -101,19 +136,21 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
     let server = match role {
         Role::Ingest => {
             let bus = open_bus(&config).await?;
-            let registry = Arc::new(Registry::open(config.registry_path())?);
+            let registry = open_registry(&config)?;
             serve_edge_until(listener, edge(&config, bus.clone(), registry, ops_router(Some(bus), None)), busy_poll(&config), stop_rx)
         }
         Role::Query => {
             let store = open_store(&config).await?;
-            let registry = Arc::new(Registry::open(config.registry_path())?);
-            serve_until(listener, query_router(store.clone(), registry).merge(ops_router(None, Some(store))), stop_rx)
+            let registry = open_registry(&config)?;
+            let routes = query_router(store.clone()).merge(ops_router(None, Some(store)));
+            serve_until(listener, api::guarded(routes, api::guard(&config, registry)), stop_rx)
         }
         Role::Process => {
             let bus = open_bus(&config).await?;
             let store = open_store(&config).await?;
+            let registry = open_registry(&config)?;
             processors = Some(Processors::start(&config, bus.clone(), store.clone()));
-            serve_until(listener, ops_router(Some(bus), Some(store)), stop_rx)
+            serve_until(listener, api::guarded(ops_router(Some(bus), Some(store)), api::guard(&config, registry)), stop_rx)
         }
     };
     tracing::info!(role = ?role, addr = %config.http.listen, "mailpipe role running");
@@ -158,14 +195,33 @@ fn serve_edge_until(listener: TcpListener, edge: mailpipe_ingest::Edge, busy_pol
     })
 }
 
-/// The ingest routes with `others` beside them.
+/// The ingest routes and `others`, behind one guard, with the pixel's short way in front.
 fn edge(config: &Config, bus: Arc<dyn EventBus>, registry: Arc<Registry>, others: Router) -> mailpipe_ingest::Edge {
-    let state = IngestState::new(bus, registry, config.http.max_events_per_request, config.http.max_body_bytes);
-    mailpipe_ingest::edge(Arc::new(state), others)
+    let state = Arc::new(IngestState::new(bus, registry.clone(), config.http.max_events_per_request, config.http.max_body_bytes));
+    let routes = mailpipe_ingest::router(state.clone()).merge(others);
+    mailpipe_ingest::edge(state, api::guarded(routes, api::guard(config, registry)))
 }
 
-fn query_router(store: Arc<dyn EventStore>, registry: Arc<Registry>) -> Router {
-    mailpipe_query::router(Arc::new(mailpipe_query::QueryState { store, registry }))
+fn query_router(store: Arc<dyn EventStore>) -> Router {
+    mailpipe_query::router(Arc::new(mailpipe_query::QueryState { store }))
+}
+
+/// Opens the tenant registry, and writes when its keys were last used every minute.
+fn open_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
+    let registry = Arc::new(Registry::open(config.registry_path())?);
+    let saver = Arc::downgrade(&registry);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(registry) = saver.upgrade() else { return };
+            if let Err(e) = tokio::task::spawn_blocking(move || registry.save_last_used()).await.unwrap_or(Ok(())) {
+                tracing::warn!(error = %e, "saving when API keys were last used failed");
+            }
+        }
+    });
+    Ok(registry)
 }
 
 /// The processors of one process: the inbound classifier and the store writer. The
@@ -221,14 +277,13 @@ impl App {
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let bus = open_bus(&config).await?;
         let store = open_store(&config).await?;
-        let registry = Arc::new(Registry::open(config.registry_path())?);
+        let registry = open_registry(&config)?;
         Ok(App { config, bus, store, registry })
     }
 
     /// Every role's HTTP routes in one service.
     pub fn service(&self) -> mailpipe_ingest::Edge {
-        let others = query_router(self.store.clone(), self.registry.clone())
-            .merge(ops_router(Some(self.bus.clone()), Some(self.store.clone())));
+        let others = query_router(self.store.clone()).merge(ops_router(Some(self.bus.clone()), Some(self.store.clone())));
         edge(&self.config, self.bus.clone(), self.registry.clone(), others)
     }
 
@@ -252,7 +307,20 @@ async fn logged<E: std::fmt::Display>(name: &'static str, run: impl std::future:
     result
 }
 
-async fn ready(State((bus, store)): State<(Option<Arc<dyn EventBus>>, Option<Arc<dyn EventStore>>)>) -> impl IntoResponse {
+/// Readiness
+///
+/// 200 when every backend this process uses answers (the bus, the store); 503 naming what
+/// does not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", content_type = "text/plain", body = String, example = "ready\n"),
+        (status = 503, description = "A backend does not answer.", content_type = "text/plain", body = String, example = "not ready: store: connection refused\n"),
+    ),
+)]
+async fn ready(State(OpsState { bus, store, .. }): State<OpsState>) -> impl IntoResponse {
     let mut why = Vec::new();
     if let Some(Err(e)) = match &bus { Some(b) => Some(b.health().await), None => None } {
         why.push(e.to_string());

@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mailpipe::demo::{Generator, Profile, DEMO_TENANTS};
 use mailpipe::{telemetry, App};
 use mailpipe_config::Config;
-use mailpipe_tenants::{Registry, Scope};
+use mailpipe_tenants::{NewKey, Registry, Scope, Tier};
 use mailpipe_tokens::{Claims, Kind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -106,9 +106,91 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
-        #[arg(long, value_parser = ["read", "write", "admin"])]
+        /// What the key may do, comma-separated: events:write, inbound:write, stats:read,
+        /// suppressions:read, suppressions:write, alerts:write, exports:read, admin (the older
+        /// read, write and admin are accepted too).
+        #[arg(long, value_name = "S[,S...]")]
         scope: String,
+        /// A name to recognise the key by in `keys list` (a sending node, a dashboard).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Rate-limit tier (`http.rate_limits`): starter, pro or enterprise.
+        #[arg(long, default_value = "starter")]
+        tier: String,
+        /// Requests a minute for this key, instead of its tier's.
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        /// Lifetime, such as 90d or 12h; default: no expiry.
+        #[arg(long)]
+        expires: Option<String>,
     },
+    /// List API keys (never their secrets).
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key by its id (as `keys list` shows it); running servers refuse it
+    /// within a second.
+    Revoke { id: String },
+}
+
+/// `90d`, `12h`, `30m`.
+fn lifetime(s: &str) -> anyhow::Result<chrono::Duration> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n.parse().ok().filter(|n| *n > 0 && *n <= 36_500).with_context(|| format!("--expires {s:?}: expected a number then d, h or m, such as 90d"))?;
+    Ok(match unit {
+        "d" => chrono::Duration::days(n),
+        "h" => chrono::Duration::hours(n),
+        "m" => chrono::Duration::minutes(n),
+        _ => bail!("--expires {s:?}: expected a number then d, h or m, such as 90d"),
+    })
+}
+
+fn keys(registry: &Registry, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { tenant, scope, name, tier, rate_limit, expires } => {
+            if rate_limit == Some(0) {
+                bail!("--rate-limit must be at least 1 request a minute");
+            }
+            let mut new = NewKey::new(&tenant, &Scope::parse_list(&scope)?);
+            new.name = name;
+            new.tier = Tier::parse(&tier)?;
+            new.rate_limit_per_minute = rate_limit;
+            new.expires_at = expires.as_deref().map(lifetime).transpose()?.map(|d| chrono::Utc::now() + d);
+            println!("{}", registry.create_api_key(new)?);
+        }
+        KeysCommand::List { tenant, json } => {
+            let keys = registry.list_api_keys(tenant.as_deref());
+            let when = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+            if json {
+                for k in &keys {
+                    println!("{}", serde_json::to_string(k)?);
+                }
+            } else {
+                println!("{:<12}  {:<16}  {:<20}  {:<10}  {:<16}  {:<16}  {:<16}  SCOPES", "ID", "TENANT", "NAME", "TIER", "CREATED", "LAST USED", "EXPIRES");
+                for k in &keys {
+                    let tier = match k.rate_limit_per_minute {
+                        Some(n) => format!("{n}/min"),
+                        None => k.tier.as_str().to_string(),
+                    };
+                    let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+                    println!(
+                        "{:<12}  {:<16}  {:<20}  {:<10}  {:<16}  {:<16}  {:<16}  {}",
+                        k.id, k.tenant, if k.name.is_empty() { "-" } else { &k.name }, tier, when(k.created_at), when(k.last_used_at), when(k.expires_at), scopes.join(",")
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            registry.revoke_api_key(&id)?;
+            eprintln!("revoked {id}; running servers refuse it within a second");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -187,11 +269,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}{}{token}", config.http.public_url.trim_end_matches('/'), kind.path_prefix());
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Create { tenant, scope } } => {
-            let registry = Registry::open(config.registry_path())?;
-            println!("{}", registry.create_api_key(&tenant, Scope::parse(&scope)?)?);
-            Ok(())
-        }
+        Command::Keys { command } => keys(&Registry::open(config.registry_path())?, command),
         Command::Tenants { command } => {
             let registry = Registry::open(config.registry_path())?;
             match command {
@@ -262,14 +340,20 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     }
     eprintln!("\nmailpipe is running at http://{}", running.addr);
     if demo {
-        // A fresh read key per start: keys are stored hashed, so old ones cannot be shown again.
+        // A fresh key per start (keys are stored hashed, so old ones cannot be shown again),
+        // for a week.
         for tenant in DEMO_TENANTS {
-            let key = running.app.registry.create_api_key(tenant, Scope::Read)?;
+            let mut new = NewKey::new(tenant, &[Scope::StatsRead]);
+            new.name = "demo dashboard".into();
+            new.tier = Tier::Pro;
+            new.expires_at = Some(chrono::Utc::now() + chrono::Duration::days(7));
+            let key = running.app.registry.create_api_key(new)?;
             println!("dashboard for {tenant}: {}/#key={key}", public_url.trim_end_matches('/'));
-            println!("  api key (read): {key}");
+            println!("  api key (stats:read): {key}");
         }
+        eprintln!("API documentation: {}/docs", public_url.trim_end_matches('/'));
     } else if running.app.registry.tenants().is_empty() {
-        eprintln!("no tenants yet: `mailpipe tenants create ID`, then `mailpipe keys create --tenant ID --scope admin`");
+        eprintln!("no tenants yet: `mailpipe tenants create ID`, then `mailpipe keys create --tenant ID --scope events:write`");
     }
     eprintln!("press Ctrl-C to stop");
     shutdown_signal().await;

@@ -4,33 +4,32 @@
 
 pub mod dashboards;
 
-use axum::extract::FromRef;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use mailpipe_store::EventStore;
-use mailpipe_tenants::Registry;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
 
 #[derive(Clone)]
 pub struct QueryState {
     pub store: Arc<dyn EventStore>,
-    pub registry: Arc<Registry>,
 }
 
-impl FromRef<QueryState> for Arc<Registry> {
-    fn from_ref(state: &QueryState) -> Self {
-        state.registry.clone()
-    }
+/// The query role's API routes with their documentation.
+pub fn api() -> OpenApiRouter<QueryState> {
+    dashboards::routes(OpenApiRouter::new())
 }
 
+/// The API and the dashboard pages.
 pub fn router(state: Arc<QueryState>) -> Router {
     let pages = Router::new()
         .route("/", get(|| async { Html(include_str!("../../dashboards/index.html")) }))
         .route("/assets/dashboard.js", get(|| async { asset("text/javascript", include_str!("../../dashboards/dashboard.js")) }))
         .route("/assets/dashboard.css", get(|| async { asset("text/css", include_str!("../../dashboards/dashboard.css")) }));
-    dashboards::routes(pages).with_state((*state).clone())
+    let (api, _) = api().with_state((*state).clone()).split_for_parts();
+    api.merge(pages)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

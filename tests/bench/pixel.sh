@@ -17,8 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release -q -p mailpipe
-BIN="$CARGO_TARGET_DIR/release/mailpipe"
+# MAILPIPE_BIN=<another build> measures that one instead (a before/after comparison).
+if [ -z "${MAILPIPE_BIN:-}" ]; then
+  cargo build --release -q -p mailpipe
+fi
+BIN="${MAILPIPE_BIN:-$CARGO_TARGET_DIR/release/mailpipe}"
 WORK=$(mktemp -d)
 cleanup() { kill "${MP_PID:-}" "${NG_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT

@@ -4,7 +4,7 @@
 use chrono::Utc;
 use mailpipe::{App, Running};
 use mailpipe_config::Config;
-use mailpipe_tenants::Scope;
+use mailpipe_tenants::{NewKey, Scope, Tier};
 use mailpipe_tokens::{Claims, Kind};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,8 +37,16 @@ impl Server {
         self.running.as_ref().unwrap()
     }
 
-    pub fn key(&self, tenant: &str, scope: Scope) -> String {
-        self.running().app.registry.create_api_key(tenant, scope).unwrap()
+    /// A key of `tenant` with `scopes` (`events:write,stats:read`), of the enterprise tier so
+    /// that only the tests of rate limits meet them.
+    pub fn key(&self, tenant: &str, scopes: &str) -> String {
+        let mut new = NewKey::new(tenant, &Scope::parse_list(scopes).unwrap());
+        new.tier = Tier::Enterprise;
+        self.key_with(new)
+    }
+
+    pub fn key_with(&self, new: NewKey) -> String {
+        self.running().app.registry.create_api_key(new).unwrap()
     }
 
     pub fn token(&self, kind: Kind, tenant: &str, message_id: &str, link: &str) -> String {

@@ -2,7 +2,6 @@
 //! numbers the API returns.
 
 use chrono::{Duration, Utc};
-use mailpipe_tenants::Scope;
 use mailpipe_tests::Server;
 use serde_json::json;
 use std::path::Path;
@@ -10,7 +9,7 @@ use std::path::Path;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_numbers_the_api_returns() {
     let s = Server::start().await;
-    let write = s.key("a", Scope::Write);
+    let write = s.key("a", "events:write");
     let now = Utc::now();
     let mut events = Vec::new();
     for i in 0..120 {
@@ -28,7 +27,7 @@ async fn the_dashboard_shows_the_numbers_the_api_returns() {
     assert_eq!(res.status(), 202);
     s.settle().await;
 
-    let read = s.key("a", Scope::Read);
+    let read = s.key("a", "stats:read");
     let api = |days: i64, campaign: Option<String>| {
         let (base, read) = (s.base.clone(), read.clone());
         async move {

@@ -1,6 +1,5 @@
 //! The edge's guarantees, end to end through bus, processor and store, in one process.
 
-use mailpipe_tenants::Scope;
 use mailpipe_tests::{totals, Server};
 use mailpipe_tokens::Kind;
 use serde_json::json;
@@ -51,7 +50,7 @@ async fn forged_or_altered_click_tokens_never_redirect() {
     assert_eq!(client().get(format!("{}/c/{open}", s.base)).send().await.unwrap().status(), 404);
 
     s.settle().await;
-    let t = totals(&s.base, &s.key("a", Scope::Read)).await;
+    let t = totals(&s.base, &s.key("a", "stats:read")).await;
     assert_eq!((t["clicks"].as_u64(), t["unique_clicks"].as_u64()), (Some(1), Some(1)));
 }
 
@@ -74,7 +73,7 @@ async fn the_pixel_is_always_served_and_only_valid_hits_count() {
         assert_eq!(&body[..6], b"GIF89a");
     }
     s.settle().await;
-    let t = totals(&s.base, &s.key("a", Scope::Read)).await;
+    let t = totals(&s.base, &s.key("a", "stats:read")).await;
     assert_eq!((t["opens"].as_u64(), t["unique_opens"].as_u64()), (Some(3), Some(1)));
 }
 
@@ -89,7 +88,7 @@ async fn get_never_unsubscribes_and_one_click_post_does() {
     // A POST without the RFC 8058 body is refused.
     assert_eq!(client().post(&url).send().await.unwrap().status(), 400);
     s.settle().await;
-    let key = s.key("a", Scope::Read);
+    let key = s.key("a", "stats:read");
     assert_eq!(totals(&s.base, &key).await["unsubscribes"], 0);
 
     let res = client()
@@ -110,7 +109,7 @@ async fn get_never_unsubscribes_and_one_click_post_does() {
 #[tokio::test]
 async fn bad_events_get_400_with_reasons_and_nothing_of_the_request_is_written() {
     let s = Server::start().await;
-    let write = s.key("a", Scope::Write);
+    let write = s.key("a", "events:write");
     let body = json!([
         {"type": "sent", "campaign": "c1", "message_id": "<1@x>", "recipient": "ok@gmail.com"},
         {"type": "sent", "campaign": "c1", "message_id": "<2@x>", "recipient": "not-an-address"},
@@ -125,13 +124,13 @@ async fn bad_events_get_400_with_reasons_and_nothing_of_the_request_is_written()
     assert_eq!(errors[1]["field"], "bounce_class");
     assert!(errors[0]["reason"].as_str().unwrap().contains("email address"));
     s.settle().await;
-    assert_eq!(totals(&s.base, &s.key("a", Scope::Read)).await["sent"], 0, "part of a rejected request was written");
+    assert_eq!(totals(&s.base, &s.key("a", "stats:read")).await["sent"], 0, "part of a rejected request was written");
 }
 
 #[tokio::test]
 async fn a_resubmitted_batch_is_counted_once() {
     let s = Server::start().await;
-    let write = s.key("a", Scope::Write);
+    let write = s.key("a", "events:write");
     let body: Vec<serde_json::Value> = (0..50)
         .map(|i| json!({"type": "delivered", "campaign": "c1", "message_id": format!("<{i}@x>"), "recipient": format!("r{i}@yahoo.com")}))
         .collect();
@@ -141,13 +140,13 @@ async fn a_resubmitted_batch_is_counted_once() {
         assert_eq!(res.json::<serde_json::Value>().await.unwrap()["accepted"], 50);
     }
     s.settle().await;
-    assert_eq!(totals(&s.base, &s.key("a", Scope::Read)).await["delivered"], 50);
+    assert_eq!(totals(&s.base, &s.key("a", "stats:read")).await["delivered"], 50);
 }
 
 #[tokio::test]
 async fn a_tenant_never_sees_or_writes_another_tenants_data() {
     let s = Server::start().await;
-    let write_a = s.key("a", Scope::Write);
+    let write_a = s.key("a", "events:write");
     let events = json!([
         {"type": "sent", "campaign": "secret-a", "message_id": "<1@a>", "recipient": "x@gmail.com"},
         {"type": "conversion", "campaign": "secret-a", "message_id": "<1@a>", "recipient": "x@gmail.com", "revenue": 99.5}
@@ -156,7 +155,7 @@ async fn a_tenant_never_sees_or_writes_another_tenants_data() {
     assert_eq!(res.status(), 202);
     s.settle().await;
 
-    let (read_a, read_b) = (s.key("a", Scope::Read), s.key("b", Scope::Read));
+    let (read_a, read_b) = (s.key("a", "stats:read"), s.key("b", "stats:read"));
     let a = totals(&s.base, &read_a).await;
     assert_eq!((a["sent"].as_u64(), a["revenue_micros"].as_i64()), (Some(1), Some(99_500_000)));
     let b = totals(&s.base, &read_b).await;
@@ -198,7 +197,7 @@ async fn operations_endpoints_answer() {
 #[tokio::test]
 async fn graceful_shutdown_stores_everything_acknowledged() {
     let mut s = Server::start().await;
-    let write = s.key("a", Scope::Write);
+    let write = s.key("a", "events:write");
     let body: Vec<serde_json::Value> = (0..500)
         .map(|i| json!({"type": "sent", "campaign": "c1", "message_id": format!("<{i}@x>"), "recipient": format!("r{i}@gmail.com")}))
         .collect();

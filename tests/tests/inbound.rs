@@ -1,7 +1,6 @@
 //! Inbound mail end to end: bounces, complaints and replies posted raw (or piped through
 //! `mailpipe inbound`) become events joined to the send they answer.
 
-use mailpipe_tenants::Scope;
 use mailpipe_tests::{binary, Server};
 use serde_json::json;
 use std::io::Write;
@@ -16,14 +15,14 @@ const REPLY: &str = "From: Ana <ana@gmail.com>\r\nTo: news@mail.a.example\r\nSub
 async fn overview(s: &Server, campaign: &str) -> serde_json::Value {
     let url = format!("{}/v1/stats/overview?campaign={campaign}", s.base);
     let body: serde_json::Value =
-        reqwest::Client::new().get(url).bearer_auth(s.key("a", Scope::Read)).send().await.unwrap().json().await.unwrap();
+        reqwest::Client::new().get(url).bearer_auth(s.key("a", "stats:read")).send().await.unwrap().json().await.unwrap();
     body["totals"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounces_complaints_and_replies_join_their_send() {
     let s = Server::start().await;
-    let write = s.key("a", Scope::Write);
+    let write = s.key("a", "events:write,inbound:write");
     let client = reqwest::Client::new();
     let sends: Vec<_> = [("1", "gone@example.net"), ("2", "angry@yahoo.com"), ("3", "ana@gmail.com")]
         .iter()
@@ -43,7 +42,7 @@ async fn bounces_complaints_and_replies_join_their_send() {
     assert_eq!((t["sent"].as_u64(), t["hard_bounces"].as_u64(), t["soft_bounces"].as_u64()), (Some(3), Some(1), Some(0)));
     assert_eq!((t["complaints"].as_u64(), t["replies"].as_u64()), (Some(1), Some(1)));
     // Another tenant's key cannot post into tenant a, and reads nothing of it.
-    let res = client.post(format!("{}/v1/inbound", s.base)).bearer_auth(s.key("b", Scope::Read)).body(DSN).send().await.unwrap();
+    let res = client.post(format!("{}/v1/inbound", s.base)).bearer_auth(s.key("b", "stats:read")).body(DSN).send().await.unwrap();
     assert_eq!(res.status(), 403);
     let empty = client.post(format!("{}/v1/inbound", s.base)).bearer_auth(&write).body("  ").send().await.unwrap();
     assert_eq!(empty.status(), 400);
@@ -65,7 +64,7 @@ fn pipe(base: &str, key: &str, raw: &str) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailpipe_inbound_reads_stdin_and_exits_like_an_mta_expects() {
     let s = Server::start().await;
-    let write = s.key("a", Scope::Write);
+    let write = s.key("a", "events:write,inbound:write");
     let (base, w) = (s.base.clone(), write.clone());
     assert_eq!(tokio::task::spawn_blocking(move || pipe(&base, &w, REPLY)).await.unwrap(), 0);
     let base = s.base.clone();
@@ -83,7 +82,7 @@ async fn mailpipe_inbound_reads_stdin_and_exits_like_an_mta_expects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounce_that_arrives_before_its_send_joins_it_later() {
     let s = Server::start().await;
-    let write = s.key("a", Scope::Write);
+    let write = s.key("a", "events:write,inbound:write");
     let client = reqwest::Client::new();
     let res = client.post(format!("{}/v1/inbound", s.base)).bearer_auth(&write).body(DSN).send().await.unwrap();
     assert_eq!(res.status(), 202);

@@ -41,6 +41,25 @@ pub struct HttpConfig {
     /// Keep an HTTP worker polling instead of sleeping while many requests wait for the bus
     /// (heavy load only): more answers per second, a busy CPU while the load lasts.
     pub busy_poll: BusyPoll,
+    /// Requests a minute an API key may make on the `/v1/` routes, by the key's tier (a key
+    /// may have its own limit instead). Limits hold per process.
+    pub rate_limits: RateLimits,
+}
+
+/// `http.rate_limits`: requests a minute by tier, as a token bucket holding one minute's
+/// allowance that refills continuously.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    pub starter: u32,
+    pub pro: u32,
+    pub enterprise: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { starter: 60, pro: 300, enterprise: 1000 }
+    }
 }
 
 /// `http.busy_poll`.
@@ -157,6 +176,7 @@ impl Default for Config {
                 max_body_bytes: 10 << 20,
                 max_events_per_request: 10_000,
                 busy_poll: BusyPoll::Auto,
+                rate_limits: RateLimits::default(),
             },
             bus: BusConfig::Embedded,
             store: StoreConfig::Datafusion { compact_after_files: 16 },
@@ -212,6 +232,10 @@ impl Config {
         }
         if self.http.max_events_per_request == 0 {
             return invalid("http.max_events_per_request", "must be at least 1");
+        }
+        let r = self.http.rate_limits;
+        if r.starter == 0 || r.pro == 0 || r.enterprise == 0 {
+            return invalid("http.rate_limits", "every tier's limit must be at least 1 request a minute");
         }
         if self.processor.batch_max == 0 {
             return invalid("processor.batch_max", "must be at least 1");

@@ -1,17 +1,35 @@
 //! What every HTTP role shares: the one mapping of errors to status codes and JSON bodies
-//! (`{"errors": [{"index"?, "field", "reason"}]}`), and API key authentication.
+//! (`{"errors": [{"index"?, "field", "reason"}]}`), the guard in front of every route (API
+//! keys, scopes, rate limits, JSON errors, request metrics: `guard`), and the conventions of
+//! the OpenAPI document (`openapi`).
 
-use axum::http::{header, HeaderMap, StatusCode};
+pub mod guard;
+pub mod openapi;
+
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use mailpipe_tenants::{Principal, Registry, Scope};
+use mailpipe_tenants::Principal;
 use serde::Serialize;
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+pub use guard::{Guard, Rule};
+
+/// One problem of a request.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"index": 3, "field": "recipient", "reason": "must be an email address (local@domain)"}))]
 pub struct FieldError {
+    /// The position of the item in a request that carries several (events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
+    /// The field, parameter or header at fault; empty when the request as a whole is.
     pub field: String,
     pub reason: String,
+}
+
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"errors": [{"field": "tz", "reason": "unknown time zone \"Mars/Olympus\"; use an IANA name such as Europe/Paris"}]}))]
+pub struct ErrorBody {
+    pub errors: Vec<FieldError>,
 }
 
 #[derive(Debug)]
@@ -30,11 +48,14 @@ impl ApiError {
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "", reason)
     }
+    pub fn not_found(field: &str, reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, field, reason)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(serde_json::json!({ "errors": self.errors }))).into_response();
+        let mut response = (self.status, axum::Json(ErrorBody { errors: self.errors })).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
@@ -42,41 +63,38 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The principal of the request's `Authorization: Bearer <key>`, if it may act with `needed`.
-pub fn authorize(headers: &HeaderMap, registry: &Registry, needed: Scope) -> Result<Principal, ApiError> {
-    let unauthorized = |reason: &str| ApiError::new(StatusCode::UNAUTHORIZED, "authorization", reason);
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("expected Authorization: Bearer <api key>"))?;
-    let principal = registry.authenticate(key.trim()).ok_or_else(|| unauthorized("unknown API key"))?;
-    if !principal.scope.allows(needed) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "authorization",
-            format!("this key has scope {:?}; this call needs {:?}", principal.scope, needed).to_lowercase(),
-        ));
-    }
-    Ok(principal)
-}
+/// The key a request was authorized with, in a handler's arguments. The [`Guard`] checked it
+/// (and its scope) before the handler runs; a handler mounted without the guard answers 401.
+pub struct Key(pub Principal);
 
-/// A request authenticated by a key that may read: in a handler's arguments, it refuses the
-/// request (401/403) before the handler runs. The state must give the tenant registry.
-pub struct ReadKey(pub Principal);
-
-impl<S> axum::extract::FromRequestParts<S> for ReadKey
-where
-    S: Send + Sync,
-    std::sync::Arc<Registry>: axum::extract::FromRef<S>,
-{
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Key {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let registry = <std::sync::Arc<Registry> as axum::extract::FromRef<S>>::from_ref(state);
-        authorize(&parts.headers, &registry, Scope::Read).map(ReadKey)
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Key)
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "authorization", "this route needs an API key"))
+    }
+}
+
+/// The body of a request as bytes, with its limit and read errors answered in JSON.
+pub struct Body(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(request, state).await.map(Body).map_err(|e| {
+            let status = e.status();
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "the body is larger than this route accepts (http.max_body_bytes)".to_string()
+            } else {
+                e.body_text()
+            };
+            ApiError::new(status, "body", reason)
+        })
     }
 }

@@ -1,8 +1,11 @@
 //! `GET /v1/campaigns`: the tenant's campaigns with their variants, sent counts and the time
 //! of their first and last event, latest first.
 
-use super::{store_error, Dashboard};
-use mailpipe_http::ApiError;
+use super::{store_error, Dashboard, Url};
+use crate::QueryState;
+use axum::extract::State;
+use axum::Json;
+use mailpipe_http::{ApiError, Key};
 use mailpipe_schemas::EventType;
 use mailpipe_store::{Aggregate, Dimension, EventStore, Filters, Measure};
 use serde::{Deserialize, Serialize};
@@ -10,10 +13,12 @@ use std::collections::BTreeMap;
 
 pub struct Campaigns;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Params {}
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CampaignSummary {
     pub campaign: String,
     pub variants: Vec<String>,
@@ -22,17 +27,36 @@ pub struct CampaignSummary {
     pub last_event_ms: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = CampaignList, example = json!({"tenant": "acme", "campaigns": [{"campaign": "spring-sale", "variants": ["A", "B"], "sent": 4980, "first_event_ms": 1763978400000i64, "last_event_ms": 1764151200000i64}]}))]
 pub struct Answer {
     pub tenant: String,
     pub campaigns: Vec<CampaignSummary>,
 }
 
+/// The tenant's campaigns
+///
+/// Every campaign with its variants, sent count and the time of its first and last event,
+/// latest first.
+#[utoipa::path(
+    get,
+    path = "/v1/campaigns",
+    tag = "stats",
+    responses((status = 200, description = "The campaigns.", body = Answer)),
+    security(("api_key" = ["stats:read"])),
+)]
+async fn route(state: State<QueryState>, key: Key, params: Url<Params>) -> Result<Json<Answer>, ApiError> {
+    super::handle::<Campaigns>(state, key, params).await
+}
+
 impl Dashboard for Campaigns {
     const NAME: &'static str = "campaigns";
-    const PATH: &'static str = "/v1/campaigns";
     type Params = Params;
     type Answer = Answer;
+
+    fn route() -> utoipa_axum::router::UtoipaMethodRouter<QueryState> {
+        utoipa_axum::routes!(route)
+    }
 
     async fn answer(store: &dyn EventStore, tenant: &str, _: Params) -> Result<Answer, ApiError> {
         let measures = vec![Measure::Count(EventType::Sent), Measure::FirstEventMs, Measure::LastEventMs];

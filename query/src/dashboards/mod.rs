@@ -1,41 +1,52 @@
 //! Dashboards as small modules: each analytics endpoint is one file that turns its parameters
-//! into `Aggregate` questions and shapes the answer. One generic handler serves them all and
-//! one list (`dashboards()`) registers them, so the router, the authorization (the `ReadKey`
-//! extractor) and the golden cases (`query/cases/<name>/`) all come from that list.
+//! into `Aggregate` questions and shapes the answer, and documents its route (`route`, with
+//! its `#[utoipa::path]`: path, parameters, answer, scope). One generic handler serves them
+//! all and one list (`dashboards()`) registers them, so the router, the OpenAPI document, the
+//! guard's scope check and the golden cases (`query/cases/<name>/`) all come from that list.
 
 pub mod campaigns;
 pub mod overview;
 
 use crate::QueryState;
 use axum::extract::{Query as UrlQuery, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{Datelike, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
-use mailpipe_http::{ApiError, ReadKey};
+use mailpipe_http::{ApiError, Key};
 use mailpipe_store::{EventStore, Frame, Grain, QueryError, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::pin::Pin;
+use utoipa_axum::router::UtoipaMethodRouter;
 
 pub trait Dashboard: 'static {
     /// Its name: the folder of its golden cases.
     const NAME: &'static str;
-    const PATH: &'static str;
     /// The URL query parameters.
     type Params: DeserializeOwned + Send + 'static;
     type Answer: Serialize + Send + 'static;
 
     fn answer(store: &dyn EventStore, tenant: &str, params: Self::Params) -> impl Future<Output = Result<Self::Answer, ApiError>> + Send;
+
+    /// Its documented route: `routes!(route)` of the module's `route`, which calls [`handle`].
+    fn route() -> UtoipaMethodRouter<QueryState>;
 }
 
-async fn handle<D: Dashboard>(
-    State(state): State<QueryState>,
-    ReadKey(principal): ReadKey,
-    params: Result<UrlQuery<D::Params>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<D::Answer>, ApiError> {
-    let UrlQuery(params) = params.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+/// The URL query parameters of a request, a bad one answered with a JSON 400.
+pub struct Url<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Url<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let UrlQuery(params) = UrlQuery::<T>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+        Ok(Url(params))
+    }
+}
+
+/// What every dashboard's `route` does: the answer to the key's tenant.
+pub async fn handle<D: Dashboard>(State(state): State<QueryState>, Key(principal): Key, Url(params): Url<D::Params>) -> Result<Json<D::Answer>, ApiError> {
     Ok(Json(D::answer(state.store.as_ref(), &principal.tenant, params).await?))
 }
 
@@ -44,18 +55,20 @@ type JsonFuture<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, ApiE
 /// A registered dashboard.
 pub struct Entry {
     pub name: &'static str,
-    pub path: &'static str,
-    route: fn(Router<QueryState>) -> Router<QueryState>,
+    /// Its path, as its route documents it.
+    pub path: String,
+    pub(crate) route: UtoipaMethodRouter<QueryState>,
     /// The answer to a URL query string (`from=...&tz=...`), as JSON: what the endpoint
     /// would send, without HTTP (golden cases, parity).
     pub answer: for<'a> fn(&'a dyn EventStore, &'a str, &'a str) -> JsonFuture<'a>,
 }
 
 fn entry<D: Dashboard>() -> Entry {
+    let route = D::route();
     Entry {
         name: D::NAME,
-        path: D::PATH,
-        route: |router| router.route(D::PATH, get(handle::<D>)),
+        path: route.1.paths.keys().next().cloned().unwrap_or_default(),
+        route,
         answer: |store, tenant, query| {
             Box::pin(async move {
                 let uri: axum::http::Uri = format!("/?{query}").parse().map_err(|_| ApiError::bad_request("query", "not a URL query string"))?;
@@ -72,9 +85,9 @@ pub fn dashboards() -> Vec<Entry> {
     vec![entry::<overview::Overview>(), entry::<campaigns::Campaigns>()]
 }
 
-pub(crate) fn routes(mut router: Router<QueryState>) -> Router<QueryState> {
+pub(crate) fn routes(mut router: utoipa_axum::router::OpenApiRouter<QueryState>) -> utoipa_axum::router::OpenApiRouter<QueryState> {
     for d in dashboards() {
-        router = (d.route)(router);
+        router = router.routes(d.route);
     }
     router
 }
@@ -151,7 +164,8 @@ mod tests {
     #[test]
     fn every_dashboard_has_its_own_path_and_golden_folder() {
         let all = dashboards();
-        let mut paths: Vec<&str> = all.iter().map(|d| d.path).collect();
+        let mut paths: Vec<&str> = all.iter().map(|d| d.path.as_str()).collect();
+        assert!(paths.iter().all(|p| p.starts_with("/v1/")), "{paths:?}");
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), all.len());

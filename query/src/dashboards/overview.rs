@@ -1,20 +1,32 @@
 //! `GET /v1/stats/overview`: totals, rates and daily counts of a range in a time zone, for all
 //! campaigns or one.
 
-use super::{frame, store_error, Dashboard};
-use mailpipe_http::ApiError;
+use super::{frame, store_error, Dashboard, Url};
+use crate::QueryState;
+use axum::extract::State;
+use axum::Json;
+use mailpipe_http::{ApiError, Key};
 use mailpipe_schemas::{BounceClass, EventType};
 use mailpipe_store::{Aggregate, AggregateAnswer, EventStore, Filters, Frame, Grain, Measure};
 use serde::{Deserialize, Serialize};
 
 pub struct Overview;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// First day (YYYY-MM-DD, in `tz`); default: 29 days before `to`.
+    #[param(example = "2026-11-01")]
     pub from: Option<String>,
+    /// Last day, included; default: today in `tz`. At most 366 days after `from`.
+    #[param(example = "2026-11-30")]
     pub to: Option<String>,
+    /// Only this campaign.
+    #[param(example = "spring-sale")]
     pub campaign: Option<String>,
+    /// IANA time zone of the days; default UTC.
+    #[param(example = "Europe/Paris")]
     pub tz: Option<String>,
 }
 
@@ -39,7 +51,7 @@ const MEASURES: [Measure; 15] = [
 
 /// Counts for a range. Opens and clicks come as totals and as unique messages; unsubscribes
 /// and complaints count each message once.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
     pub sent: u64,
     pub delivered: u64,
@@ -98,7 +110,7 @@ impl Totals {
 }
 
 /// Ratios of the totals; 0 where the denominator is 0.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Rates {
     pub delivery_rate: f64,
     pub open_rate: f64,
@@ -111,14 +123,14 @@ pub struct Rates {
     pub conversion_rate: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DayTotals {
     pub date: chrono::NaiveDate,
     #[serde(flatten)]
     pub totals: Totals,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Answer {
     pub from: chrono::NaiveDate,
     pub to: chrono::NaiveDate,
@@ -129,11 +141,30 @@ pub struct Answer {
     pub daily: Vec<DayTotals>,
 }
 
+/// Overview of a range
+///
+/// Totals, rates and daily counts of the days `from..=to` in `tz`, for all campaigns or one.
+/// A message's first open, click, unsubscribe and complaint count in the day they happened.
+#[utoipa::path(
+    get,
+    path = "/v1/stats/overview",
+    tag = "stats",
+    params(Params),
+    responses((status = 200, description = "The range's numbers.", body = Answer)),
+    security(("api_key" = ["stats:read"])),
+)]
+async fn route(state: State<QueryState>, key: Key, params: Url<Params>) -> Result<Json<Answer>, ApiError> {
+    super::handle::<Overview>(state, key, params).await
+}
+
 impl Dashboard for Overview {
     const NAME: &'static str = "overview";
-    const PATH: &'static str = "/v1/stats/overview";
     type Params = Params;
     type Answer = Answer;
+
+    fn route() -> utoipa_axum::router::UtoipaMethodRouter<QueryState> {
+        utoipa_axum::routes!(route)
+    }
 
     async fn answer(store: &dyn EventStore, tenant: &str, p: Params) -> Result<Answer, ApiError> {
         let frame = frame(p.from.as_deref(), p.to.as_deref(), p.tz.as_deref(), Grain::Day)?;
