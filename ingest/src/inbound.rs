@@ -19,6 +19,12 @@ pub struct InboundAccepted {
     pub inbound_id: uuid::Uuid,
 }
 
+/// A raw RFC 5322 message, with something besides white space in it.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, min_length = 1, pattern = "[^\\t\\n\\f\\r ]", example = "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@mail.example.com\r\nSubject: Undelivered Mail\r\n\r\n...")]
+pub struct RawMessage(String);
+
 /// Hand over a raw inbound message (bounce, complaint, reply)
 ///
 /// The RFC 5322 message as it arrived, as the body (`mailpipe inbound` does this for an
@@ -29,10 +35,7 @@ pub struct InboundAccepted {
     tag = "inbound",
     request_body(
         description = "The raw message.",
-        content(
-            (String = "message/rfc822", example = "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@mail.example.com\r\nSubject: Undelivered Mail\r\n\r\n..."),
-            (String = "text/plain"),
-        ),
+        content((RawMessage = "message/rfc822"), (RawMessage = "text/plain")),
     ),
     responses(
         (status = 202, description = "The message is durable on the bus.", body = InboundAccepted),

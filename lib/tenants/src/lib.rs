@@ -524,7 +524,9 @@ impl Registry {
             })
         };
         self.refresh_now_and_then();
-        let principal = match lookup(&self.loaded.read()) {
+        // (The read guard must be gone before a refresh takes the write lock.)
+        let first = lookup(&self.loaded.read());
+        let principal = match first {
             Err(AuthError::Unknown) => {
                 self.refresh_if_changed();
                 lookup(&self.loaded.read())
@@ -746,9 +748,11 @@ mod tests {
         assert_eq!(reg.authenticate("hello"), Err(AuthError::Malformed));
         let file = std::fs::read_to_string(reg.path()).unwrap();
         assert!(!file.contains(&key[KEY_PREFIX.len() + 13..]), "plaintext secret written to disk");
-        // A second process sees keys created by the first.
+        // A second process sees keys created by the first, opened before or after.
         let other = Registry::open(reg.path()).unwrap();
         assert!(other.authenticate(&key).is_ok());
+        let late = reg.create_api_key(NewKey::new("b", &[Scope::EventsWrite])).unwrap();
+        assert_eq!(other.authenticate(&late).unwrap().tenant, "b", "a key made by another process right now");
     }
 
     #[test]

@@ -16,11 +16,11 @@ pub struct Overview;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct Params {
-    /// First day (YYYY-MM-DD, in `tz`); default: 29 days before `to`.
-    #[param(example = "2026-11-01")]
+    /// First day (YYYY-MM-DD, in `tz`); default (also when empty): 29 days before `to`.
+    #[param(example = "2026-11-01", pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2})?$")]
     pub from: Option<String>,
-    /// Last day, included; default: today in `tz`. At most 366 days after `from`.
-    #[param(example = "2026-11-30")]
+    /// Last day, included; default (also when empty): today in `tz`. At most 366 days after `from`.
+    #[param(example = "2026-11-30", pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2})?$")]
     pub to: Option<String>,
     /// Only this campaign.
     #[param(example = "spring-sale")]
