@@ -142,8 +142,8 @@ impl tower_service::Service<Request> for Edge {
         if request.method() == Method::GET && request.uri().path().starts_with("/o/") {
             let state = self.state.clone();
             return Either::Left(Box::pin(async move {
-                let token = &request.uri().path()["/o/".len()..];
-                Ok(tracking::pixel(&state, token, request.headers()).await)
+                let token = tracking::token(request.uri().path(), "/o/");
+                Ok(tracking::pixel(&state, &token, request.headers()).await)
             }));
         }
         Either::Right(self.router.call(request))

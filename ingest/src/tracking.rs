@@ -88,10 +88,12 @@ fn not_found() -> Response {
     no_store((StatusCode::NOT_FOUND, Html(NOT_FOUND_PAGE)).into_response())
 }
 
-/// The token of a tracking path (`/o/<token>`), as it was written: minted tokens are
-/// base64url, so one with escapes or more segments is simply not valid.
-fn token<'a>(request: &'a Request, prefix: &str) -> &'a str {
-    request.uri().path().strip_prefix(prefix).unwrap_or("")
+/// The token of a tracking path (`/o/<token>`), percent-decoded (a proxy may have escaped a
+/// character); escapes that are not UTF-8, or more segments, just make a token that is not
+/// valid.
+pub(crate) fn token<'a>(path: &'a str, prefix: &str) -> std::borrow::Cow<'a, str> {
+    let raw = path.strip_prefix(prefix).unwrap_or("");
+    percent_encoding::percent_decode_str(raw).decode_utf8().unwrap_or(std::borrow::Cow::Borrowed(raw))
 }
 
 /// The open pixel
@@ -109,7 +111,7 @@ pub(crate) async fn open(State(state): State<Arc<IngestState>>, request: Request
     if request.method() == Method::HEAD {
         return gif();
     }
-    pixel(&state, token(&request, "/o/"), request.headers()).await
+    pixel(&state, &token(request.uri().path(), "/o/"), request.headers()).await
 }
 
 fn gif() -> Response {
@@ -142,7 +144,7 @@ pub(crate) async fn pixel(state: &IngestState, token: &str, headers: &HeaderMap)
     ),
 )]
 pub(crate) async fn click(State(state): State<Arc<IngestState>>, request: Request) -> Response {
-    let Ok(claims) = state.registry.verify(token(&request, "/c/"), Kind::Click) else {
+    let Ok(claims) = state.registry.verify(&token(request.uri().path(), "/c/"), Kind::Click) else {
         metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "click").increment(1);
         return not_found();
     };
@@ -170,8 +172,8 @@ pub(crate) async fn click(State(state): State<Arc<IngestState>>, request: Reques
     ),
 )]
 pub(crate) async fn unsubscribe_page(State(state): State<Arc<IngestState>>, request: Request) -> Response {
-    let token = token(&request, "/u/");
-    if state.registry.verify(token, Kind::Unsubscribe).is_err() {
+    let token = token(request.uri().path(), "/u/");
+    if state.registry.verify(&token, Kind::Unsubscribe).is_err() {
         return not_found();
     }
     let page = format!(
@@ -215,7 +217,7 @@ pub struct OneClick {
     ),
 )]
 pub(crate) async fn unsubscribe(State(state): State<Arc<IngestState>>, request: Request) -> Response {
-    let Ok(claims) = state.registry.verify(token(&request, "/u/"), Kind::Unsubscribe) else {
+    let Ok(claims) = state.registry.verify(&token(request.uri().path(), "/u/"), Kind::Unsubscribe) else {
         metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "unsubscribe").increment(1);
         return not_found();
     };

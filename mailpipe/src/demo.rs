@@ -184,7 +184,8 @@ impl Generator {
         // Evenly over the spread with a little jitter; the last message a minute before now
         // for the welcome mail.
         let step = c.spread.num_seconds() / c.audience.max(1) as i64;
-        let sent_at = (c.send_at + Duration::seconds(step * (i as i64 + 1) - self.rng.random_range(0..step.max(1)))).min(self.now - Duration::minutes(1));
+        let jitter = if i + 1 == c.audience { 0 } else { self.rng.random_range(0..step.max(1)) };
+        let sent_at = (c.send_at + Duration::seconds(step * (i as i64 + 1) - jitter)).min(self.now - Duration::minutes(1));
         let provider = Provider::from_recipient(&r.address);
         let ev = |g: &mut Generator, t: EventType, at: DateTime<Utc>| Event {
             campaign: c.name.clone(),

@@ -43,6 +43,7 @@ async fn schemathesis_finds_nothing_with_a_key_of_each_scope() {
             .env("PYTHONPATH", env!("CARGO_MANIFEST_DIR"))
             .arg("--config-file")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/schemathesis.toml"))
+            .current_dir(dir.path())
             .arg("run")
             .arg(format!("{base}/v1/openapi.json"))
             .args(["--max-examples", if admin { "30" } else { "8" }, "--seed", "7", "--workers", "2"])
