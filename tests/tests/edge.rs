@@ -209,3 +209,20 @@ async fn graceful_shutdown_stores_everything_acknowledged() {
     .unwrap();
     assert_eq!(store.event_count(), 500);
 }
+
+#[tokio::test]
+async fn head_requests_of_scanners_record_nothing() {
+    let s = Server::start().await;
+    let open = s.token(Kind::Open, "a", "m1", "");
+    let click = s.token(Kind::Click, "a", "m1", "https://shop.example/x");
+    for _ in 0..3 {
+        let res = client().head(format!("{}/o/{open}", s.base)).send().await.unwrap();
+        assert_eq!((res.status().as_u16(), res.headers()["content-type"].to_str().unwrap()), (200, "image/gif"));
+        let res = client().head(format!("{}/c/{click}", s.base)).send().await.unwrap();
+        assert_eq!(res.status(), 302);
+    }
+    client().get(format!("{}/c/{click}", s.base)).send().await.unwrap();
+    s.settle().await;
+    let t = totals(&s.base, &s.key("a", "stats:read")).await;
+    assert_eq!((t["opens"].as_u64(), t["clicks"].as_u64()), (Some(0), Some(1)), "a HEAD was counted");
+}
