@@ -15,13 +15,14 @@ pub struct Thread {
 }
 
 pub fn thread(msg: &Message) -> Thread {
-    let mut ids = Vec::new();
+    let mut ids = Ids::default();
     for v in msg.headers.get_all("in-reply-to") {
-        push_ids(&mut ids, v, false);
+        ids.push_all(v, false);
     }
     for v in msg.headers.get_all("references") {
-        push_ids(&mut ids, v, true);
+        ids.push_all(v, true);
     }
+    let ids = ids.list;
     Thread {
         candidate_message_ids: ids,
         from_address: msg.headers.get("from").and_then(|v| header_addresses(v).into_iter().next()),
@@ -29,19 +30,28 @@ pub fn thread(msg: &Message) -> Thread {
     }
 }
 
-fn push_ids(out: &mut Vec<String>, v: &str, newest_first: bool) {
-    let mut found: Vec<String> = v
-        .split('<')
-        .skip(1)
-        .filter_map(|s| s.split_once('>').map(|(id, _)| id.trim().to_string()))
-        .filter(|id| !id.is_empty() && id.len() < 512)
-        .collect();
-    if newest_first {
-        found.reverse();
-    }
-    for id in found {
-        if !out.contains(&id) {
-            out.push(id);
+/// Most candidate ids kept: the In-Reply-To and the newest references are the ones a reply
+/// answers; a header of 80,000 ids (seen in the wild) must not cost more than this.
+pub const MAX_THREAD_IDS: usize = 64;
+
+/// Candidate ids in order, each once (a set beside the list keeps it linear).
+#[derive(Default)]
+struct Ids {
+    list: Vec<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Ids {
+    fn push_all(&mut self, v: &str, newest_first: bool) {
+        let found = v.split('<').skip(1).filter_map(|s| s.split_once('>').map(|(id, _)| id.trim())).filter(|id| !id.is_empty() && id.len() < 512);
+        let found: Vec<&str> = if newest_first { found.collect::<Vec<_>>().into_iter().rev().collect() } else { found.collect() };
+        for id in found {
+            if self.list.len() >= MAX_THREAD_IDS {
+                return;
+            }
+            if self.seen.insert(id.to_string()) {
+                self.list.push(id.to_string());
+            }
         }
     }
 }
@@ -164,5 +174,16 @@ mod tests {
         assert_eq!(normalize_subject("RE[2]: Offer"), "offer");
         assert_eq!(normalize_subject("回复：报价"), "报价");
         assert_eq!(normalize_subject("Meeting: tomorrow"), "meeting: tomorrow");
+    }
+
+    #[test]
+    fn thread_ids_come_once_newest_first_and_at_most_max() {
+        let refs: Vec<String> = (0..80_000).map(|i| format!("<{}@x>", i % 50_000)).collect();
+        let raw = format!("From: a@b.example\r\nIn-Reply-To: <7@x>\r\nReferences: {}\r\nSubject: Re: hi\r\n\r\nthanks\r\n", refs.join(" "));
+        let ids = thread(&crate::mime::parse(raw.as_bytes())).candidate_message_ids;
+        assert_eq!(ids.len(), MAX_THREAD_IDS);
+        assert_eq!(&ids[..3], ["7@x", "29999@x", "29998@x"], "In-Reply-To, then the newest references");
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
     }
 }
