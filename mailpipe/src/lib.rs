@@ -103,11 +103,28 @@ pub fn ops_api() -> OpenApiRouter<OpsState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(ready)).routes(routes!(metrics_text)).routes(routes!(api::document))
 }
 
-/// `/healthz`, `/readyz` (every backend this process uses answers), `/metrics` and
-/// `/v1/openapi.json`.
-pub fn ops_router(bus: Option<Arc<dyn EventBus>>, store: Option<Arc<dyn EventStore>>) -> Router {
+/// The operations routes on the listeners of this process: `/v1/openapi.json` on the public
+/// one, and `/healthz`, `/readyz` (every backend this process uses answers) and `/metrics` on
+/// the public one too, or, with `http.ops_listen`, only on the operations listener (the second
+/// router). The pixel's short way stays on the public listener whatever this says.
+pub fn ops_routers(config: &Config, bus: Option<Arc<dyn EventBus>>, store: Option<Arc<dyn EventStore>>) -> (Router, Option<Router>) {
     let doc = api::DocumentJson(Arc::new(api::openapi_json()));
-    ops_api().with_state(OpsState { bus, store, doc }).split_for_parts().0
+    let state = OpsState { bus, store, doc };
+    let document = OpenApiRouter::new().routes(routes!(api::document)).with_state(state.clone()).split_for_parts().0;
+    let health = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(ready)).routes(routes!(metrics_text)).with_state(state).split_for_parts().0;
+    match config.http.ops_listen {
+        None => (document.merge(health), None),
+        Some(_) => (document, Some(health)),
+    }
+}
+
+/// Serves the operations routes on `http.ops_listen` until `stop`, if it is set.
+async fn serve_ops(config: &Config, ops: Option<Router>, stop: watch::Receiver<bool>) -> anyhow::Result<Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>> {
+    let (Some(addr), Some(ops)) = (config.http.ops_listen, ops) else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.ops_listen)"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "operations endpoints on their own listener");
+    Ok(Some((bound, serve_until(listener, ops, stop))))
 }
 
 /// Liveness
@@ -133,16 +150,21 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
     let listener = TcpListener::bind(config.http.listen).await.with_context(|| format!("listening on {}", config.http.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut processors = None;
+    let ops_server;
     let server = match role {
         Role::Ingest => {
             let bus = open_bus(&config).await?;
             let registry = open_registry(&config)?;
-            serve_edge_until(listener, edge(&config, bus.clone(), registry, ops_router(Some(bus), None)), busy_poll(&config), stop_rx)
+            let (public, ops) = ops_routers(&config, Some(bus.clone()), None);
+            ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
+            serve_edge_until(listener, edge(&config, bus, registry, public), busy_poll(&config), stop_rx)
         }
         Role::Query => {
             let store = open_store(&config).await?;
             let registry = open_registry(&config)?;
-            let routes = query_router(store.clone()).merge(ops_router(None, Some(store)));
+            let (public, ops) = ops_routers(&config, None, Some(store.clone()));
+            ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
+            let routes = query_router(store).merge(public);
             serve_until(listener, api::guarded(routes, api::guard(&config, registry)), stop_rx)
         }
         Role::Process => {
@@ -150,7 +172,9 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
             let store = open_store(&config).await?;
             let registry = open_registry(&config)?;
             processors = Some(Processors::start(&config, bus.clone(), store.clone()));
-            serve_until(listener, api::guarded(ops_router(Some(bus), Some(store)), api::guard(&config, registry)), stop_rx)
+            let (public, ops) = ops_routers(&config, Some(bus), Some(store));
+            ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
+            serve_until(listener, api::guarded(public, api::guard(&config, registry)), stop_rx)
         }
     };
     tracing::info!(role = ?role, addr = %config.http.listen, "mailpipe role running");
@@ -160,6 +184,9 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
     }
     stop_tx.send_replace(true);
     server.await.context("http server task")??;
+    if let Some((_, ops)) = ops_server {
+        ops.await.context("operations server task")??;
+    }
     Ok(())
 }
 
@@ -281,20 +308,25 @@ impl App {
         Ok(App { config, bus, store, registry })
     }
 
-    /// Every role's HTTP routes in one service.
-    pub fn service(&self) -> mailpipe_ingest::Edge {
-        let others = query_router(self.store.clone()).merge(ops_router(Some(self.bus.clone()), Some(self.store.clone())));
-        edge(&self.config, self.bus.clone(), self.registry.clone(), others)
+    /// Every role's HTTP routes in one service, and the operations routes when they have a
+    /// listener of their own (`http.ops_listen`).
+    pub fn service(&self) -> (mailpipe_ingest::Edge, Option<Router>) {
+        let (public, ops) = ops_routers(&self.config, Some(self.bus.clone()), Some(self.store.clone()));
+        let others = query_router(self.store.clone()).merge(public);
+        (edge(&self.config, self.bus.clone(), self.registry.clone(), others), ops)
     }
 
     /// Serves on `listener` and runs the processors until `Running::shutdown`.
     pub async fn start(self, listener: TcpListener) -> anyhow::Result<Running> {
         let addr = listener.local_addr()?;
-        let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone());
         let (stop, stop_rx) = watch::channel(false);
-        let server = serve_edge_until(listener, self.service(), busy_poll(&self.config), stop_rx);
+        let (service, ops) = self.service();
+        let ops = serve_ops(&self.config, ops, stop_rx.clone()).await?;
+        let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone());
+        let server = serve_edge_until(listener, service, busy_poll(&self.config), stop_rx);
         tracing::info!(%addr, "mailpipe serving");
-        Ok(Running { addr, stop, server, processors, app: self })
+        let (ops_addr, ops_server) = ops.unzip();
+        Ok(Running { addr, ops_addr, stop, server, ops_server, processors, app: self })
     }
 }
 
@@ -337,9 +369,12 @@ async fn ready(State(OpsState { bus, store, .. }): State<OpsState>) -> impl Into
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the operations endpoints answer, with `http.ops_listen`.
+    pub ops_addr: Option<SocketAddr>,
     pub app: App,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    ops_server: Option<JoinHandle<std::io::Result<()>>>,
     processors: Processors,
 }
 
@@ -349,6 +384,9 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.send_replace(true);
         self.server.await.context("http server task")?.context("http server")?;
+        if let Some(ops) = self.ops_server {
+            ops.await.context("operations server task")?.context("operations server")?;
+        }
         self.processors.stop().await?;
         tracing::info!("mailpipe stopped cleanly");
         Ok(())

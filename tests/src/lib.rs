@@ -19,10 +19,16 @@ pub struct Server {
 impl Server {
     /// Starts every role in-process with tenants `a` and `b`.
     pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// The same, with `configure` applied to the configuration first.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.data_dir = dir.path().to_path_buf();
         config.processor.flush_interval_ms = 100;
+        configure(&mut config);
         let app = App::open(config).await.unwrap();
         for t in ["a", "b"] {
             app.registry.create_tenant(t).unwrap();

@@ -226,3 +226,18 @@ async fn head_requests_of_scanners_record_nothing() {
     let t = totals(&s.base, &s.key("a", "stats:read")).await;
     assert_eq!((t["opens"].as_u64(), t["clicks"].as_u64()), (Some(0), Some(1)), "a HEAD was counted");
 }
+
+#[tokio::test]
+async fn operations_endpoints_can_have_a_listener_of_their_own() {
+    let s = Server::start_with(|c| c.http.ops_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let ops = format!("http://{}", s.running().ops_addr.expect("an operations listener"));
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(client().get(format!("{ops}{path}")).send().await.unwrap().status(), 200, "{path} on the ops listener");
+        assert_eq!(client().get(format!("{}{path}", s.base)).send().await.unwrap().status(), 404, "{path} on the public listener");
+    }
+    // The API, its document and the pixel stay on the public listener.
+    assert_eq!(client().get(format!("{}/v1/openapi.json", s.base)).send().await.unwrap().status(), 200);
+    let pixel = client().get(format!("{}/o/x", s.base)).send().await.unwrap();
+    assert_eq!(pixel.headers()["content-type"], "image/gif");
+    assert_eq!(client().get(format!("{ops}/v1/campaigns")).send().await.unwrap().status(), 404);
+}

@@ -41,6 +41,10 @@ pub struct HttpConfig {
     /// Keep an HTTP worker polling instead of sleeping while many requests wait for the bus
     /// (heavy load only): more answers per second, a busy CPU while the load lasts.
     pub busy_poll: BusyPoll,
+    /// A listener of its own for `/healthz`, `/readyz` and `/metrics` (for example a port
+    /// only the cluster reaches); unset, they are served on `listen` beside the API.
+    #[serde(default)]
+    pub ops_listen: Option<SocketAddr>,
     /// Requests a minute an API key may make on the `/v1/` routes, by the key's tier (a key
     /// may have its own limit instead). Limits hold per process.
     pub rate_limits: RateLimits,
@@ -176,6 +180,7 @@ impl Default for Config {
                 max_body_bytes: 10 << 20,
                 max_events_per_request: 10_000,
                 busy_poll: BusyPoll::Auto,
+                ops_listen: None,
                 rate_limits: RateLimits::default(),
             },
             bus: BusConfig::Embedded,
