@@ -64,9 +64,9 @@ pub fn guarded(router: Router, guard: Guard) -> Router {
         .fallback(mailpipe_http::guard::not_found)
 }
 
-/// The document, made once per process.
+/// The document, made once per process (cloning it shares the bytes).
 #[derive(Clone)]
-pub struct DocumentJson(pub Arc<String>);
+pub struct DocumentJson(pub axum::body::Bytes);
 
 /// This document
 ///
@@ -78,5 +78,5 @@ pub struct DocumentJson(pub Arc<String>);
     responses((status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object, example = json!({"openapi": "3.1.0", "info": {"title": "mailpipe"}, "paths": {}}))),
 )]
 pub(crate) async fn document(State(doc): State<DocumentJson>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], doc.0.as_str().to_owned())
+    ([(header::CONTENT_TYPE, "application/json")], doc.0)
 }

@@ -9,8 +9,7 @@ pub mod telemetry;
 
 use anyhow::Context;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Router, ServiceExt};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus, EventBus, KafkaBusConfig, KafkaEventBus};
@@ -100,7 +99,15 @@ impl axum::extract::FromRef<OpsState> for api::DocumentJson {
 
 /// The operations routes with their documentation.
 pub fn ops_api() -> OpenApiRouter<OpsState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(ready)).routes(routes!(metrics_text)).routes(routes!(api::document))
+    health_api().merge(document_api())
+}
+
+fn health_api() -> OpenApiRouter<OpsState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(ready)).routes(routes!(metrics_text))
+}
+
+fn document_api() -> OpenApiRouter<OpsState> {
+    OpenApiRouter::new().routes(routes!(api::document))
 }
 
 /// The operations routes on the listeners of this process: `/v1/openapi.json` on the public
@@ -108,10 +115,9 @@ pub fn ops_api() -> OpenApiRouter<OpsState> {
 /// the public one too, or, with `http.ops_listen`, only on the operations listener (the second
 /// router). The pixel's short way stays on the public listener whatever this says.
 pub fn ops_routers(config: &Config, bus: Option<Arc<dyn EventBus>>, store: Option<Arc<dyn EventStore>>) -> (Router, Option<Router>) {
-    let doc = api::DocumentJson(Arc::new(api::openapi_json()));
-    let state = OpsState { bus, store, doc };
-    let document = OpenApiRouter::new().routes(routes!(api::document)).with_state(state.clone()).split_for_parts().0;
-    let health = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(ready)).routes(routes!(metrics_text)).with_state(state).split_for_parts().0;
+    let state = OpsState { bus, store, doc: api::DocumentJson(api::openapi_json().into()) };
+    let document = document_api().with_state(state.clone()).split_for_parts().0;
+    let health = health_api().with_state(state).split_for_parts().0;
     match config.http.ops_listen {
         None => (document.merge(health), None),
         Some(_) => (document, Some(health)),
@@ -349,10 +355,10 @@ async fn logged<E: std::fmt::Display>(name: &'static str, run: impl std::future:
     tag = "operations",
     responses(
         (status = 200, description = "Ready.", content_type = "text/plain", body = String, example = "ready\n"),
-        (status = 503, description = "A backend does not answer.", content_type = "text/plain", body = String, example = "not ready: store: connection refused\n"),
+        (status = 503, description = "A backend does not answer; the reason names it.", body = mailpipe_http::ErrorBody),
     ),
 )]
-async fn ready(State(OpsState { bus, store, .. }): State<OpsState>) -> impl IntoResponse {
+async fn ready(State(OpsState { bus, store, .. }): State<OpsState>) -> Result<&'static str, mailpipe_http::ApiError> {
     let mut why = Vec::new();
     if let Some(Err(e)) = match &bus { Some(b) => Some(b.health().await), None => None } {
         why.push(e.to_string());
@@ -361,9 +367,9 @@ async fn ready(State(OpsState { bus, store, .. }): State<OpsState>) -> impl Into
         why.push(e.to_string());
     }
     if why.is_empty() {
-        (StatusCode::OK, "ready\n".to_string())
+        Ok("ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", why.join("; ")))
+        Err(mailpipe_http::ApiError::unavailable(format!("not ready: {}", why.join("; "))))
     }
 }
 

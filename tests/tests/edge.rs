@@ -180,6 +180,15 @@ async fn operations_endpoints_answer() {
     s.settle().await;
     assert_eq!(client().get(format!("{}/healthz", s.base)).send().await.unwrap().status(), 200);
     assert_eq!(client().get(format!("{}/readyz", s.base)).send().await.unwrap().status(), 200);
+    // The store's directory gone: not ready, in the JSON error body, naming why; back: ready.
+    let (store, away) = (s.dir.path().join("store"), s.dir.path().join("store-away"));
+    std::fs::rename(&store, &away).unwrap();
+    let res = client().get(format!("{}/readyz", s.base)).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let reason = res.json::<serde_json::Value>().await.unwrap()["errors"][0]["reason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("not ready: ") && reason.contains("store"), "{reason}");
+    std::fs::rename(&away, &store).unwrap();
+    assert_eq!(client().get(format!("{}/readyz", s.base)).send().await.unwrap().status(), 200);
     let metrics = client().get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
     for name in [
         "mailpipe_ingest_events_received_total",

@@ -216,12 +216,6 @@ struct ApiKey {
 }
 
 impl ApiKey {
-    fn scopes(&self) -> Vec<Scope> {
-        match (self.scopes.is_empty(), self.scope) {
-            (true, Some(legacy)) => legacy.scopes().to_vec(),
-            _ => self.scopes.clone(),
-        }
-    }
     fn tier(&self) -> Tier {
         self.tier.unwrap_or(Tier::Enterprise)
     }
@@ -317,8 +311,11 @@ impl Loaded {
                 }
             }
         }
+        // Keys of older files get the scopes their legacy scope stands for, once, here.
         for k in &mut state.api_keys {
-            k.scopes = k.scopes();
+            if let (true, Some(legacy)) = (k.scopes.is_empty(), k.scope.take()) {
+                k.scopes = legacy.scopes().to_vec();
+            }
         }
         let api = state.api_keys.iter().enumerate().map(|(i, k)| (k.id.clone(), i)).collect();
         Loaded { state, version, signing, api }
@@ -478,7 +475,7 @@ impl Registry {
                 id: k.id.clone(),
                 tenant: k.tenant.clone(),
                 name: k.name.clone(),
-                scopes: k.scopes(),
+                scopes: k.scopes.clone(),
                 tier: k.tier(),
                 rate_limit_per_minute: k.rate_limit_per_minute,
                 created_at: k.created_at,
