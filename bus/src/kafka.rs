@@ -80,6 +80,7 @@ impl KafkaEventBus {
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000")
+            .set("message.max.bytes", crate::MAX_MESSAGE_BYTES.to_string())
             .create()
             .map_err(|e| BusError::Invalid(format!("kafka producer configuration: {e}")))?;
         let bus = KafkaEventBus { config, producer };
@@ -95,11 +96,13 @@ impl KafkaEventBus {
             .map_err(|e| BusError::Invalid(format!("kafka admin configuration: {e}")))?;
         let names: Vec<String> = names.iter().map(|n| self.config.topic(n)).collect();
         let retention = self.config.retention_ms.to_string();
+        let max_message = crate::MAX_MESSAGE_BYTES.to_string();
         let topics: Vec<NewTopic> = names
             .iter()
             .map(|n| {
                 NewTopic::new(n, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor))
                     .set("retention.ms", &retention)
+                    .set("max.message.bytes", &max_message)
             })
             .collect();
         let results = admin

@@ -17,6 +17,10 @@ pub use kafka::{KafkaBusConfig, KafkaEventBus};
 pub const EVENTS_TOPIC: &str = "events";
 /// Topic of raw inbound mail (bounces, complaints, replies), from the edge to the classifier.
 pub const INBOUND_TOPIC: &str = "inbound";
+/// Largest message (key and payload) a backend takes: a 16 MiB inbound message with its
+/// envelope. Kafka topics mailpipe creates get it as `max.message.bytes`; on topics created
+/// otherwise, raise `max.message.bytes` of the inbound topic to it.
+pub const MAX_MESSAGE_BYTES: usize = (16 << 20) + (64 << 10);
 /// Topic of events a processor could not accept, with the reason.
 pub const DEAD_LETTER_TOPIC: &str = "dead-letter";
 

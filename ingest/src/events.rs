@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// Longest free-text field (diagnostics, message ids).
-pub const MAX_FIELD_LEN: usize = 1000;
+/// Longest free-text field (diagnostics, message ids), as in a tracking token.
+pub const MAX_FIELD_LEN: usize = mailpipe_tokens::MAX_FIELD_LEN;
 const FIELDS: [&str; 12] = [
     "type", "event_id", "campaign", "variant", "message_id", "recipient", "timestamp", "bounce_class", "status",
     "reason", "revenue", "currency",

@@ -7,7 +7,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use mailpipe_bus::{Message, INBOUND_TOPIC};
 use mailpipe_http::{ApiError, Body, Key};
-use mailpipe_schemas::{derived_id, InboundEnvelope, SCHEMA_VERSION};
+use mailpipe_schemas::{derived_id, InboundEnvelope, INBOUND_MAX_BYTES, SCHEMA_VERSION};
+
+// A message the route accepts always fits the bus with its envelope.
+const _: () = assert!(INBOUND_MAX_BYTES + 4096 <= mailpipe_bus::MAX_MESSAGE_BYTES);
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -28,7 +31,8 @@ pub struct RawMessage(String);
 /// Hand over a raw inbound message (bounce, complaint, reply)
 ///
 /// The RFC 5322 message as it arrived, as the body (`mailpipe inbound` does this for an
-/// MTA's pipe transport). Answered once it is durable; the classifier reads it from the bus.
+/// MTA's pipe transport), up to 16 MiB (larger: 413). Answered once it is durable; the
+/// classifier reads it from the bus.
 #[utoipa::path(
     post,
     path = "/v1/inbound",

@@ -11,7 +11,7 @@ use axum::http::Method;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use axum::Router;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::{router::{OpenApiRouter, UtoipaMethodRouterExt}, routes};
 use futures::future::{BoxFuture, Either};
 use mailpipe_bus::{BusError, EventBus, Message, EVENTS_TOPIC};
 use mailpipe_schemas::{Envelope, Event};
@@ -32,6 +32,8 @@ pub struct IngestState {
     pub registry: Arc<Registry>,
     pub max_events_per_request: usize,
     pub max_body_bytes: usize,
+    /// `http.trusted_proxies`: whose forwarding headers name the client of a tracking hit.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     hits: tracking::HitCounters,
     waiting: Waiting,
 }
@@ -40,7 +42,7 @@ impl IngestState {
     /// Metric handles are taken here, once: install the metrics recorder before.
     pub fn new(bus: Arc<dyn EventBus>, registry: Arc<Registry>, max_events_per_request: usize, max_body_bytes: usize) -> Self {
         let hits = tracking::HitCounters::new();
-        IngestState { bus, registry, max_events_per_request, max_body_bytes, hits, waiting: Waiting::default() }
+        IngestState { bus, registry, max_events_per_request, max_body_bytes, trusted_proxies: Vec::new(), hits, waiting: Waiting::default() }
     }
 
     /// Runs `publish` (a write the bus answers once durable) counted among the requests waiting
@@ -143,7 +145,8 @@ impl tower_service::Service<Request> for Edge {
             let state = self.state.clone();
             return Either::Left(Box::pin(async move {
                 let token = tracking::token(request.uri().path(), "/o/");
-                Ok(tracking::pixel(&state, &token, request.headers()).await)
+                let ip = tracking::client(&state, &request);
+                Ok(tracking::pixel(&state, &token, request.headers(), ip).await)
             }));
         }
         Either::Right(self.router.call(request))
@@ -161,7 +164,7 @@ impl Edge {
 pub fn api() -> OpenApiRouter<Arc<IngestState>> {
     OpenApiRouter::new()
         .routes(routes!(events::post_events))
-        .routes(routes!(inbound::post_inbound))
+        .routes(routes!(inbound::post_inbound).layer(axum::extract::DefaultBodyLimit::max(mailpipe_schemas::INBOUND_MAX_BYTES)))
         .routes(routes!(tracking::open))
         .routes(routes!(tracking::click))
         .routes(routes!(tracking::unsubscribe_page, tracking::unsubscribe))

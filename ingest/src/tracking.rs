@@ -10,8 +10,15 @@ use chrono::Utc;
 use mailpipe_http::ApiError;
 use mailpipe_schemas::{Event, EventType};
 use mailpipe_tokens::{Claims, Kind};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use uuid::Uuid;
+
+/// The client of a request, as [`client_ip`] finds it.
+pub(crate) fn client(state: &IngestState, request: &Request) -> Option<IpAddr> {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    client_ip(peer, request.headers(), &state.trusted_proxies)
+}
 
 /// A transparent 1x1 GIF: 43 bytes.
 pub const PIXEL_GIF: [u8; 43] = [
@@ -23,14 +30,58 @@ pub const PIXEL_GIF: [u8; 43] = [
 const NOT_FOUND_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Link not found</title>\
     <p>This link is not valid. It may have been mistyped or altered.</p>";
 
-fn hit_event(claims: Claims, event_type: EventType, headers: &HeaderMap) -> Event {
+/// The client's address: the connection's peer, unless the peer is a trusted proxy
+/// (`http.trusted_proxies`); then the nearest hop of `Forwarded` (RFC 7239), or else of
+/// `X-Forwarded-For`, that is not a trusted proxy, read from the right (hops further left were
+/// written by whoever sent the request, and prove nothing). A hop that is not an IP address
+/// ends the walk: the last trusted hop before it is taken.
+pub(crate) fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer?;
+    if !is_trusted(&client) {
+        return Some(client);
+    }
+    let forwarded: Vec<&str> = headers.get_all(header::FORWARDED).iter().filter_map(|v| v.to_str().ok()).collect();
+    let hops: Vec<&str> = if !forwarded.is_empty() {
+        forwarded
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|element| {
+                element
+                    .split(';')
+                    .find_map(|pair| pair.trim().split_once('=').filter(|(k, _)| k.eq_ignore_ascii_case("for")).map(|(_, v)| v))
+                    .unwrap_or("")
+            })
+            .collect()
+    } else {
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect()
+    };
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else { break };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// One hop of a forwarding header: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`,
+/// `"[2001:db8::1]:4711"`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Some(v6) = hop.strip_prefix('[') {
+        return v6.split(']').next()?.parse().ok();
+    }
+    hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+}
+
+fn hit_event(claims: Claims, event_type: EventType, headers: &HeaderMap, ip: Option<IpAddr>) -> Event {
     let now = Utc::now();
     let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());
-    let ip = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().chars().take(64).collect());
     Event {
         campaign: claims.campaign,
         variant: claims.variant,
@@ -38,7 +89,7 @@ fn hit_event(claims: Claims, event_type: EventType, headers: &HeaderMap) -> Even
         recipient: claims.recipient,
         link: (event_type == EventType::Click).then_some(claims.link),
         user_agent: header(header::USER_AGENT),
-        ip,
+        ip: ip.map(|ip| ip.to_string()),
         ..Event::new(Uuid::now_v7(), &claims.tenant, event_type, now)
     }
 }
@@ -111,7 +162,8 @@ pub(crate) async fn open(State(state): State<Arc<IngestState>>, request: Request
     if request.method() == Method::HEAD {
         return gif();
     }
-    pixel(&state, &token(request.uri().path(), "/o/"), request.headers()).await
+    let ip = client(&state, &request);
+    pixel(&state, &token(request.uri().path(), "/o/"), request.headers(), ip).await
 }
 
 fn gif() -> Response {
@@ -119,10 +171,10 @@ fn gif() -> Response {
 }
 
 /// The open pixel: always the GIF, whatever the token; only a valid token's hit is recorded.
-pub(crate) async fn pixel(state: &IngestState, token: &str, headers: &HeaderMap) -> Response {
+pub(crate) async fn pixel(state: &IngestState, token: &str, headers: &HeaderMap, ip: Option<IpAddr>) -> Response {
     match state.registry.verify(token, Kind::Open) {
         Ok(claims) => {
-            record(state, hit_event(claims, EventType::Open, headers)).await;
+            record(state, hit_event(claims, EventType::Open, headers, ip)).await;
         }
         Err(_) => metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "open").increment(1),
     }
@@ -148,12 +200,11 @@ pub(crate) async fn click(State(state): State<Arc<IngestState>>, request: Reques
         metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "click").increment(1);
         return not_found();
     };
+    // (A verified token's link is an http(s) URL without control characters or spaces.)
     let Ok(location) = HeaderValue::from_str(&claims.link) else { return not_found() };
-    if !(claims.link.starts_with("https://") || claims.link.starts_with("http://")) {
-        return not_found();
-    }
     if request.method() != Method::HEAD {
-        record(&state, hit_event(claims, EventType::Click, request.headers())).await;
+        let ip = client(&state, &request);
+        record(&state, hit_event(claims, EventType::Click, request.headers(), ip)).await;
     }
     no_store((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
 }
@@ -221,24 +272,133 @@ pub(crate) async fn unsubscribe(State(state): State<Arc<IngestState>>, request: 
         metrics::counter!("mailpipe_ingest_invalid_tokens_total", "kind" => "unsubscribe").increment(1);
         return not_found();
     };
+    let ip = client(&state, &request);
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, UNSUBSCRIBE_BODY_MAX).await else {
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body", format!("a one-click body is at most {UNSUBSCRIBE_BODY_MAX} bytes")).into_response();
     };
-    let body = String::from_utf8_lossy(&body);
-    let one_click = body.split('&').any(|p| p.trim() == "List-Unsubscribe=One-Click")
-        || (body.contains("name=\"List-Unsubscribe\"") && body.contains("One-Click"));
-    if !one_click {
-        return ApiError::bad_request("body", "expected the body List-Unsubscribe=One-Click (RFC 8058)").into_response();
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match one_click(content_type, &body) {
+        Err(OneClickError::ContentType) => {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content-type",
+                "expected application/x-www-form-urlencoded or multipart/form-data (RFC 8058)",
+            )
+            .into_response()
+        }
+        Err(OneClickError::Body) => {
+            return ApiError::bad_request("body", "expected the form field List-Unsubscribe=One-Click (RFC 8058)").into_response()
+        }
+        Ok(()) => {}
     }
-    if !record(&state, hit_event(claims, EventType::Unsubscribe, &parts.headers)).await {
+    if !record(&state, hit_event(claims, EventType::Unsubscribe, &parts.headers, ip)).await {
         return ApiError::unavailable("please try again in a minute").into_response();
     }
     no_store(Html("<!doctype html><meta charset=utf-8><title>Unsubscribed</title><p>You are unsubscribed.</p>").into_response())
 }
 
+enum OneClickError {
+    ContentType,
+    Body,
+}
+
+/// Whether a body is the one-click form of RFC 8058: the field `List-Unsubscribe` with the
+/// value `One-Click`, URL-encoded or as a part of `multipart/form-data`.
+fn one_click(content_type: &str, body: &[u8]) -> Result<(), OneClickError> {
+    let mut params = content_type.split(';').map(str::trim);
+    let media = params.next().unwrap_or("").to_ascii_lowercase();
+    let found = match media.as_str() {
+        "application/x-www-form-urlencoded" => {
+            form_urlencoded::parse(body).any(|(name, value)| name == "List-Unsubscribe" && value == "One-Click")
+        }
+        "multipart/form-data" => {
+            let boundary = params
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case("boundary"))
+                .map(|(_, v)| v.trim_matches('"'))
+                .filter(|b| !b.is_empty())
+                .ok_or(OneClickError::Body)?;
+            let body = String::from_utf8_lossy(body);
+            body.split(&format!("--{boundary}")).any(|part| {
+                let Some((head, value)) = part.split_once("\r\n\r\n").or_else(|| part.split_once("\n\n")) else { return false };
+                let named = head.lines().any(|line| {
+                    let line = line.to_ascii_lowercase();
+                    line.starts_with("content-disposition:")
+                        && line.contains("form-data")
+                        && line.split(';').any(|p| p.trim() == "name=\"list-unsubscribe\"")
+                });
+                named && value.trim_end_matches(['\r', '\n']) == "One-Click"
+            })
+        }
+        _ => return Err(OneClickError::ContentType),
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(OneClickError::Body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_one_click_form_unsubscribes() {
+        let form = "application/x-www-form-urlencoded";
+        assert!(one_click(form, b"List-Unsubscribe=One-Click").is_ok());
+        assert!(one_click("Application/X-WWW-Form-Urlencoded; charset=utf-8", b"a=1&List-Unsubscribe=One-Click").is_ok());
+        assert!(one_click(form, b"List-Unsubscribe=One-Click-Not").is_err());
+        assert!(one_click(form, b"x=List-Unsubscribe=One-Click").is_err());
+        let multipart = "multipart/form-data; boundary=XyZ";
+        let part = "--XyZ\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ--\r\n";
+        assert!(one_click(multipart, part.as_bytes()).is_ok());
+        let other = "--XyZ\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\nname=\"List-Unsubscribe\" One-Click\r\n--XyZ--\r\n";
+        assert!(one_click(multipart, other.as_bytes()).is_err(), "a part that only mentions the words");
+        assert!(matches!(one_click("text/plain", b"name=\"List-Unsubscribe\" One-Click"), Err(OneClickError::ContentType)));
+        assert!(matches!(one_click("", b"List-Unsubscribe=One-Click"), Err(OneClickError::ContentType)));
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_forwarded_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let nets = |list: &[&str]| list.iter().map(|n| n.parse::<ipnet::IpNet>().unwrap()).collect::<Vec<_>>();
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let xff = headers(&[("x-forwarded-for", "198.51.100.9, 203.0.113.7")]);
+        // Nobody trusted: the header is ignored.
+        assert_eq!(client_ip(Some(ip("10.0.0.2")), &xff, &[]), Some(ip("10.0.0.2")));
+        // Not from a trusted proxy: ignored too.
+        assert_eq!(client_ip(Some(ip("192.0.2.50")), &xff, &nets(&["10.0.0.0/8"])), Some(ip("192.0.2.50")));
+        // From a trusted proxy: its nearest untrusted hop (the leftmost one is the client's claim).
+        assert_eq!(client_ip(Some(ip("10.0.0.2")), &xff, &nets(&["10.0.0.0/8"])), Some(ip("203.0.113.7")));
+        // Two proxies of ours in a row.
+        let chain = headers(&[("x-forwarded-for", "203.0.113.7, 10.1.2.3")]);
+        assert_eq!(client_ip(Some(ip("10.0.0.2")), &chain, &nets(&["10.0.0.0/8"])), Some(ip("203.0.113.7")));
+        // Several header lines are one list.
+        let lines = headers(&[("x-forwarded-for", "198.51.100.9"), ("x-forwarded-for", "203.0.113.8")]);
+        assert_eq!(client_ip(Some(ip("10.0.0.2")), &lines, &nets(&["10.0.0.0/8"])), Some(ip("203.0.113.8")));
+        // Garbage stops the walk at the last trusted hop; it is never recorded.
+        let junk = headers(&[("x-forwarded-for", "203.0.113.7, <script>")]);
+        assert_eq!(client_ip(Some(ip("10.0.0.2")), &junk, &nets(&["10.0.0.0/8"])), Some(ip("10.0.0.2")));
+        // RFC 7239, with ports, quotes and IPv6, preferred to X-Forwarded-For.
+        let fwd = headers(&[
+            ("forwarded", "for=198.51.100.9;proto=https, for=\"[2001:db8::7]:4711\";by=10.0.0.2"),
+            ("x-forwarded-for", "192.0.2.99"),
+        ]);
+        assert_eq!(client_ip(Some(ip("10.0.0.2")), &fwd, &nets(&["10.0.0.0/8"])), Some(ip("2001:db8::7")));
+        let fwd4 = headers(&[("forwarded", "for=203.0.113.7:1234")]);
+        assert_eq!(client_ip(Some(ip("::1")), &fwd4, &nets(&["::1/128"])), Some(ip("203.0.113.7")));
+        // No peer known (not served from a socket): nothing recorded.
+        assert_eq!(client_ip(None, &xff, &nets(&["10.0.0.0/8"])), None);
+    }
+
     #[test]
     fn the_pixel_is_a_43_byte_gif() {
         assert_eq!(super::PIXEL_GIF.len(), 43);

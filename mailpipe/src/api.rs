@@ -50,9 +50,11 @@ pub fn openapi_json() -> String {
     json
 }
 
-/// The guard of the document's routes, with this configuration's rate limits.
+/// The guard of the document's routes, with this configuration's rate limits and budget of
+/// request bodies (one guard per process).
 pub fn guard(config: &Config, registry: Arc<Registry>) -> Guard {
-    Guard::new(registry, config.http.rate_limits, &openapi())
+    let budget = mailpipe_http::BodyBudget::new(config.http.max_inflight_body_bytes, config.http.max_body_bytes.max(mailpipe_schemas::INBOUND_MAX_BYTES));
+    Guard::new(registry, config.http.rate_limits, &openapi()).with_body_budget(budget)
 }
 
 /// `router` behind `guard`, with `/docs`, and a JSON 404 for paths no route serves.

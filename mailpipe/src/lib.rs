@@ -130,7 +130,7 @@ async fn serve_ops(config: &Config, ops: Option<Router>, stop: watch::Receiver<b
     let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (http.ops_listen)"))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "operations endpoints on their own listener");
-    Ok(Some((bound, serve_until(listener, ops, stop))))
+    Ok(Some((bound, serve_until(listener, ops, config, stop))))
 }
 
 /// Liveness
@@ -163,7 +163,7 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
             let registry = open_registry(&config)?;
             let (public, ops) = ops_routers(&config, Some(bus.clone()), None);
             ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
-            serve_edge_until(listener, edge(&config, bus, registry, public), busy_poll(&config), stop_rx)
+            serve_edge_until(listener, edge(&config, bus, registry, public), &config, stop_rx)
         }
         Role::Query => {
             let store = open_store(&config).await?;
@@ -171,7 +171,7 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
             let (public, ops) = ops_routers(&config, None, Some(store.clone()));
             ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
             let routes = query_router(store).merge(public);
-            serve_until(listener, api::guarded(routes, api::guard(&config, registry)), stop_rx)
+            serve_until(listener, api::guarded(routes, api::guard(&config, registry)), &config, stop_rx)
         }
         Role::Process => {
             let bus = open_bus(&config).await?;
@@ -180,7 +180,7 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
             processors = Some(Processors::start(&config, bus.clone(), store.clone()));
             let (public, ops) = ops_routers(&config, Some(bus), Some(store));
             ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
-            serve_until(listener, api::guarded(public, api::guard(&config, registry)), stop_rx)
+            serve_until(listener, api::guarded(public, api::guard(&config, registry)), &config, stop_rx)
         }
     };
     tracing::info!(role = ?role, addr = %config.http.listen, "mailpipe role running");
@@ -196,18 +196,12 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
     Ok(())
 }
 
-fn serve_until<S>(listener: TcpListener, app: S, mut stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>>
+fn serve_until<S>(listener: TcpListener, app: S, config: &Config, stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>>
 where
     S: tower_service::Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await
-    })
+    tokio::spawn(mailpipe_http::serve(listener, app, mailpipe_http::Limits::of(&config.http), stop))
 }
 
 /// Whether the edge busy-polls, on this machine (`http.busy_poll`).
@@ -216,9 +210,9 @@ fn busy_poll(config: &Config) -> bool {
 }
 
 /// The edge's server, with its busy-poller (`http.busy_poll`) running for as long as it serves.
-fn serve_edge_until(listener: TcpListener, edge: mailpipe_ingest::Edge, busy_poll: bool, stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>> {
-    let poller = busy_poll.then(|| tokio::spawn(edge.busy_poll()));
-    let server = serve_until(listener, edge, stop);
+fn serve_edge_until(listener: TcpListener, edge: mailpipe_ingest::Edge, config: &Config, stop: watch::Receiver<bool>) -> JoinHandle<std::io::Result<()>> {
+    let poller = busy_poll(config).then(|| tokio::spawn(edge.busy_poll()));
+    let server = serve_until(listener, edge, config, stop);
     tokio::spawn(async move {
         let result = server.await;
         if let Some(poller) = poller {
@@ -230,7 +224,9 @@ fn serve_edge_until(listener: TcpListener, edge: mailpipe_ingest::Edge, busy_pol
 
 /// The ingest routes and `others`, behind one guard, with the pixel's short way in front.
 fn edge(config: &Config, bus: Arc<dyn EventBus>, registry: Arc<Registry>, others: Router) -> mailpipe_ingest::Edge {
-    let state = Arc::new(IngestState::new(bus, registry.clone(), config.http.max_events_per_request, config.http.max_body_bytes));
+    let mut state = IngestState::new(bus, registry.clone(), config.http.max_events_per_request, config.http.max_body_bytes);
+    state.trusted_proxies = config.http.trusted_proxies.clone();
+    let state = Arc::new(state);
     let routes = mailpipe_ingest::router(state.clone()).merge(others);
     mailpipe_ingest::edge(state, api::guarded(routes, api::guard(config, registry)))
 }
@@ -329,7 +325,7 @@ impl App {
         let (service, ops) = self.service();
         let ops = serve_ops(&self.config, ops, stop_rx.clone()).await?;
         let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone());
-        let server = serve_edge_until(listener, service, busy_poll(&self.config), stop_rx);
+        let server = serve_edge_until(listener, service, &self.config, stop_rx);
         tracing::info!(%addr, "mailpipe serving");
         let (ops_addr, ops_server) = ops.unzip();
         Ok(Running { addr, ops_addr, stop, server, ops_server, processors, app: self })

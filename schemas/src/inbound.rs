@@ -5,6 +5,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Largest inbound message accepted (`POST /v1/inbound`, `mailpipe inbound`, the classifier):
+/// a bounce quoting a large attachment fits; above it the answer is 413, which the MTA takes
+/// as a permanent failure.
+pub const INBOUND_MAX_BYTES: usize = 16 << 20;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundEnvelope {

@@ -116,13 +116,18 @@ pub fn tool(data_dir: &Path, args: &[&str]) -> String {
 /// Starts `mailpipe serve` on `data_dir` and a free port; returns the child and base URL
 /// once it answers `/healthz`.
 pub async fn spawn_serve(data_dir: &Path, flush_interval_ms: u64) -> (Child, String) {
+    spawn_serve_with(data_dir, &[("MAILPIPE__PROCESSOR__FLUSH_INTERVAL_MS", flush_interval_ms.to_string())]).await
+}
+
+/// The same, with more settings as environment variables (`MAILPIPE__HTTP__...`).
+pub async fn spawn_serve_with(data_dir: &Path, env: &[(&str, String)]) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(binary())
         .arg("serve")
         .env("MAILPIPE__DATA_DIR", data_dir)
         .env("MAILPIPE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("MAILPIPE__PROCESSOR__FLUSH_INTERVAL_MS", flush_interval_ms.to_string())
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -83,7 +83,10 @@ async fn get_never_unsubscribes_and_one_click_post_does() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("List-Unsubscribe"));
     // A POST without the RFC 8058 body is refused.
-    assert_eq!(client().post(&url).send().await.unwrap().status(), 400);
+    assert_eq!(client().post(&url).header("content-type", "application/x-www-form-urlencoded").send().await.unwrap().status(), 400);
+    // Nor one that only mentions the words, in a type RFC 8058 does not use.
+    let plain = client().post(&url).header("content-type", "text/plain").body("name=\"List-Unsubscribe\" One-Click").send().await.unwrap();
+    assert_eq!(plain.status(), 415);
     s.settle().await;
     let key = s.key("a", "stats:read");
     assert_eq!(totals(&s.base, &key).await["unsubscribes"], 0);
@@ -234,6 +237,31 @@ async fn head_requests_of_scanners_record_nothing() {
     s.settle().await;
     let t = totals(&s.base, &s.key("a", "stats:read")).await;
     assert_eq!((t["opens"].as_u64(), t["clicks"].as_u64()), (Some(0), Some(1)), "a HEAD was counted");
+}
+
+#[tokio::test]
+async fn the_recorded_client_is_the_peer_unless_a_trusted_proxy_says_otherwise() {
+    use mailpipe_bus::EVENTS_TOPIC;
+    use std::time::Duration;
+    async fn recorded_ips(s: &Server) -> Vec<Option<String>> {
+        let mut sub = s.running().app.bus.subscribe(EVENTS_TOPIC, "probe").await.unwrap();
+        let records = sub.poll(100, Duration::from_secs(2)).await.unwrap();
+        records.iter().map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["event"]["ip"].as_str().map(str::to_string)).collect()
+    }
+    let hit = |s: &Server, forwarded: &'static str| {
+        let open = s.token(Kind::Open, "a", "m1", "");
+        let url = format!("{}/o/{open}", s.base);
+        async move { client().get(url).header("x-forwarded-for", forwarded).send().await.unwrap().status() }
+    };
+    // Nobody trusted (the default): the socket's peer, whatever the header claims.
+    let s = Server::start().await;
+    assert_eq!(hit(&s, "203.0.113.7").await, 200);
+    assert_eq!(recorded_ips(&s).await, [Some("127.0.0.1".to_string())]);
+    // Loopback is the proxy: the address it forwarded, checked to be an IP address.
+    let s = Server::start_with(|c| c.http.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    assert_eq!(hit(&s, "198.51.100.1, 203.0.113.7").await, 200);
+    assert_eq!(hit(&s, "'; DROP TABLE events; --").await, 200);
+    assert_eq!(recorded_ips(&s).await, [Some("203.0.113.7".to_string()), Some("127.0.0.1".to_string())]);
 }
 
 #[tokio::test]

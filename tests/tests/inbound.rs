@@ -80,6 +80,28 @@ async fn mailpipe_inbound_reads_stdin_and_exits_like_an_mta_expects() {
 /// that reports late) is kept under `(unmatched)` and joins its send's campaign once the send
 /// arrives, without being posted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10_mib_dsn_goes_through_mailpipe_inbound_and_a_message_over_16_mib_is_refused_for_good() {
+    let s = Server::start().await;
+    let write = s.key("a", "events:write,inbound:write");
+    // The DSN with the returned message in full: 10 MiB of attachment after the headers.
+    let attachment = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkwYWJjZGVmZ2hpams=\r\n".repeat((10 << 20) / 62);
+    let big = DSN.replace("--B--\r\n", &format!("--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n{attachment}--B--\r\n"));
+    assert!(big.len() > 10 << 20);
+    let (base, w) = (s.base.clone(), write.clone());
+    assert_eq!(tokio::task::spawn_blocking(move || pipe(&base, &w, &big)).await.unwrap(), 0, "accepted");
+    // Over 16 MiB: 413, exit 65 (EX_DATAERR), so the MTA bounces it instead of retrying forever.
+    let huge = format!("{DSN}{}", "x".repeat(mailpipe_schemas::INBOUND_MAX_BYTES));
+    let (base, w) = (s.base.clone(), write.clone());
+    assert_eq!(tokio::task::spawn_blocking(move || pipe(&base, &w, &huge)).await.unwrap(), 65, "refused for good");
+    // The route itself answers 413 above the limit.
+    let over = vec![b'x'; mailpipe_schemas::INBOUND_MAX_BYTES + 1];
+    let res = reqwest::Client::new().post(format!("{}/v1/inbound", s.base)).bearer_auth(&write).body(over).send().await.unwrap();
+    assert_eq!(res.status(), 413);
+    s.settle().await;
+    assert_eq!(overview(&s, "(unmatched)").await["hard_bounces"], 1, "the big DSN was classified");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounce_that_arrives_before_its_send_joins_it_later() {
     let s = Server::start().await;
     let write = s.key("a", "events:write,inbound:write");

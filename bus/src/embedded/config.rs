@@ -12,7 +12,7 @@ pub struct EmbeddedBusConfig {
 }
 
 fn default_max_message_bytes() -> usize {
-    1 << 20
+    crate::MAX_MESSAGE_BYTES
 }
 
 impl EmbeddedBusConfig {

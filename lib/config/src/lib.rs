@@ -48,6 +48,26 @@ pub struct HttpConfig {
     /// Requests a minute an API key may make on the `/v1/` routes, by the key's tier (a key
     /// may have its own limit instead). Limits hold per process.
     pub rate_limits: RateLimits,
+    /// Proxies and load balancers in front of mailpipe whose `Forwarded` / `X-Forwarded-For`
+    /// headers are believed (CIDR networks, `10.0.0.0/8`, `::1/128`). The client address
+    /// recorded with a tracking hit is the socket's peer, unless the peer is one of these; then
+    /// it is the nearest address in the header that is not one of these.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A client has this long to send a request's headers, counted from when the connection
+    /// opens or its previous answer was written: slow senders and idle keep-alive connections
+    /// are closed after it. Milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long (a stalled body, a client
+    /// that stopped reading) is closed. Longer than any long poll. Milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Open connections per listener; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Request bodies being received at once, in bytes, per process: beyond it, a keyed
+    /// request is answered 503 with `Retry-After` before its body is read.
+    pub max_inflight_body_bytes: usize,
+    /// On SIGTERM, requests in flight get this long to finish before their connections are
+    /// closed; the processors then drain the bus as usual. Milliseconds.
+    pub shutdown_grace_ms: u64,
 }
 
 /// `http.rate_limits`: requests a minute by tier, as a token bucket holding one minute's
@@ -182,6 +202,12 @@ impl Default for Config {
                 busy_poll: BusyPoll::Auto,
                 ops_listen: None,
                 rate_limits: RateLimits::default(),
+                trusted_proxies: Vec::new(),
+                header_read_timeout_ms: 10_000,
+                idle_timeout_ms: 60_000,
+                max_connections: 4096,
+                max_inflight_body_bytes: 256 << 20,
+                shutdown_grace_ms: 10_000,
             },
             bus: BusConfig::Embedded,
             store: StoreConfig::Datafusion { compact_after_files: 16 },
@@ -237,6 +263,16 @@ impl Config {
         }
         if self.http.max_events_per_request == 0 {
             return invalid("http.max_events_per_request", "must be at least 1");
+        }
+        let h = &self.http;
+        if h.header_read_timeout_ms == 0 || h.idle_timeout_ms == 0 || h.shutdown_grace_ms == 0 {
+            return invalid("http.header_read_timeout_ms", "header_read_timeout_ms, idle_timeout_ms and shutdown_grace_ms must be at least 1");
+        }
+        if h.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
+        }
+        if h.max_inflight_body_bytes < h.max_body_bytes {
+            return invalid("http.max_inflight_body_bytes", "must be at least http.max_body_bytes (one largest body)");
         }
         let r = self.http.rate_limits;
         if r.starter == 0 || r.pro == 0 || r.enterprise == 0 {

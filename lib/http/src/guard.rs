@@ -49,6 +49,8 @@ pub struct Guard {
     limits: RateLimits,
     buckets: RwLock<HashMap<String, Arc<Bucket>>>,
     clock: QuantaClock,
+    /// Handed to keyed requests, for [`crate::Body`].
+    body_budget: Option<crate::BodyBudget>,
     /// For the benchmark's reference only: every keyed route acts as this principal, with no
     /// key, scope or limit checked.
     unchecked: Option<Principal>,
@@ -70,7 +72,13 @@ impl Guard {
             };
             rules.entry(path.to_string()).or_default().push((method, rule));
         }
-        Guard { registry, rules, limits, buckets: RwLock::new(HashMap::new()), clock: QuantaClock::default(), unchecked: None }
+        Guard { registry, rules, limits, buckets: RwLock::new(HashMap::new()), clock: QuantaClock::default(), body_budget: None, unchecked: None }
+    }
+
+    /// Keyed requests read their bodies within `budget`.
+    pub fn with_body_budget(mut self, budget: crate::BodyBudget) -> Guard {
+        self.body_budget = Some(budget);
+        self
     }
 
     /// The same routes with nothing checked, every keyed request acting as `principal`: the
@@ -208,6 +216,9 @@ pub async fn layer(State(guard): State<Arc<Guard>>, mut request: Request, next: 
                     Some(response) => response,
                     None => {
                         request.extensions_mut().insert(principal);
+                        if let Some(budget) = &guard.body_budget {
+                            request.extensions_mut().insert(budget.clone());
+                        }
                         next.run(request).await
                     }
                 }

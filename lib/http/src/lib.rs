@@ -5,13 +5,17 @@
 
 pub mod guard;
 pub mod openapi;
+pub mod serve;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mailpipe_tenants::Principal;
 use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 pub use guard::{Guard, Rule};
+pub use serve::{serve, Limits};
 
 /// One problem of a request.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
@@ -45,6 +49,7 @@ impl ApiError {
     pub fn bad_request(field: &str, reason: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, field, reason)
     }
+    /// 503, with `Retry-After: 1`.
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "", reason)
     }
@@ -56,6 +61,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(ErrorBody { errors: self.errors })).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
@@ -80,13 +88,56 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Key {
     }
 }
 
-/// The body of a request as bytes, with its limit and read errors answered in JSON.
+/// The request bodies one process receives at once (`http.max_inflight_body_bytes`): the
+/// [`Guard`] hands it to keyed requests, and [`Body`] reserves a body's length from it before
+/// reading a byte, so that many large bodies at once are refused instead of filling memory.
+#[derive(Clone, Debug)]
+pub struct BodyBudget {
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+    /// Reserved for a body that does not say its length (chunked): the largest one allowed.
+    unknown_length_kib: u32,
+}
+
+impl BodyBudget {
+    pub fn new(max_inflight_bytes: usize, max_body_bytes: usize) -> BodyBudget {
+        let kib = |bytes: usize| u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
+        let total_kib = kib(max_inflight_bytes).max(1);
+        BodyBudget { kib: Arc::new(Semaphore::new(total_kib as usize)), total_kib, unknown_length_kib: kib(max_body_bytes).min(total_kib) }
+    }
+
+    /// Reserves room for a body of `length` bytes (unknown: the largest allowed) until the
+    /// permit is dropped; `None` when the process is receiving too much already.
+    pub fn reserve(&self, length: Option<u64>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = match length {
+            Some(bytes) => u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(self.total_kib),
+            None => self.unknown_length_kib,
+        };
+        self.kib.clone().try_acquire_many_owned(kib).ok()
+    }
+}
+
+/// The body of a request as bytes, with its limit and read errors answered in JSON, read only
+/// when the process's [`BodyBudget`] has room for it.
 pub struct Body(pub axum::body::Bytes);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let _reserved = match request.extensions().get::<BodyBudget>() {
+            None => None,
+            Some(budget) => {
+                let length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+                match budget.reserve(length) {
+                    Some(permit) => Some(permit),
+                    None => {
+                        metrics::counter!("mailpipe_http_bodies_refused_total").increment(1);
+                        return Err(ApiError::unavailable("the server is receiving too many request bodies at once (http.max_inflight_body_bytes); retry"));
+                    }
+                }
+            }
+        };
         axum::body::Bytes::from_request(request, state).await.map(Body).map_err(|e| {
             let status = e.status();
             let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {

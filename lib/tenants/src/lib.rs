@@ -37,6 +37,8 @@ pub enum RegistryError {
     NoScope,
     #[error("API key {0:?} does not exist")]
     UnknownApiKey(String),
+    #[error("tenant {tenant:?} has no signing key {kid:?}")]
+    UnknownSigningKey { tenant: String, kid: String },
     #[error("cannot make a token: {0}")]
     Token(#[from] TokenError),
 }
@@ -184,6 +186,20 @@ pub struct Tenant {
     pub id: String,
     /// Every key still accepted; the last one signs new tokens, so a rotation keeps old links working.
     pub signing_keys: Vec<SigningKey>,
+    /// Ids of revoked signing keys, never given to a new key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_kids: Vec<String>,
+}
+
+impl Tenant {
+    /// Adds a fresh signing key, which signs new tokens from now on; returns its id.
+    fn add_signing_key(&mut self) -> String {
+        let number = |kid: &String| kid.strip_prefix('k').and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let highest = self.signing_keys.iter().map(|k| &k.kid).chain(&self.revoked_kids).map(number).max().unwrap_or(0);
+        let kid = format!("k{}", highest + 1);
+        self.signing_keys.push(SigningKey { kid: kid.clone(), secret: URL_SAFE_NO_PAD.encode(random::<32>()) });
+        kid
+    }
 }
 
 /// An API key as the registry file holds it: never the secret, only its SHA-256.
@@ -373,21 +389,33 @@ impl Registry {
             if state.tenants.iter().any(|t| t.id == id) {
                 return Err(RegistryError::TenantExists(id.to_string()));
             }
-            state.tenants.push(Tenant {
-                id: id.to_string(),
-                signing_keys: vec![SigningKey { kid: "k1".into(), secret: URL_SAFE_NO_PAD.encode(random::<32>()) }],
-            });
+            let mut tenant = Tenant { id: id.to_string(), signing_keys: Vec::new(), revoked_kids: Vec::new() };
+            tenant.add_signing_key();
+            state.tenants.push(tenant);
             Ok(())
         })
     }
 
     /// Adds a new signing key for `tenant`; tokens signed with the older ones stay valid.
     pub fn rotate_signing_key(&self, tenant: &str) -> Result<String, RegistryError> {
+        self.update(|state| Ok(find_tenant(state, tenant)?.add_signing_key()))
+    }
+
+    /// Revokes a signing key of `tenant` (leaked, say): links signed with it stop redirecting
+    /// and counting in every running process within [`RELOAD_EVERY`]. Revoking the key that
+    /// signs new tokens adds a fresh one first. Returns the id of the key that signs now.
+    pub fn revoke_signing_key(&self, tenant: &str, kid: &str) -> Result<String, RegistryError> {
         self.update(|state| {
             let t = find_tenant(state, tenant)?;
-            let kid = format!("k{}", t.signing_keys.len() + 1);
-            t.signing_keys.push(SigningKey { kid: kid.clone(), secret: URL_SAFE_NO_PAD.encode(random::<32>()) });
-            Ok(kid)
+            let Some(at) = t.signing_keys.iter().position(|k| k.kid == kid) else {
+                return Err(RegistryError::UnknownSigningKey { tenant: tenant.into(), kid: kid.into() });
+            };
+            if at + 1 == t.signing_keys.len() {
+                t.add_signing_key();
+            }
+            t.signing_keys.remove(at);
+            t.revoked_kids.push(kid.to_string());
+            Ok(t.signing_keys.last().map(|k| k.kid.clone()).unwrap_or_default())
         })
     }
 
@@ -407,10 +435,13 @@ impl Registry {
         Ok(mailpipe_tokens::mint(&claims, &key)?)
     }
 
-    /// Verifies a tracking token against the tenant's keys, in memory. A token naming a key
+    /// Verifies a tracking token against the tenant's keys, in memory (the file is looked at
+    /// every [`RELOAD_EVERY`], for revoked keys). A token naming a key
     /// this process does not know makes it look whether the file changed (a tenant created or
     /// a key rotated by another process) and try once more.
     pub fn verify(&self, token: &str, kind: Kind) -> Result<Claims, TokenError> {
+        // A key revoked by another process stops verifying within RELOAD_EVERY.
+        self.refresh_now_and_then();
         let attempt = |unknown_key: &std::cell::Cell<bool>| {
             let loaded = self.loaded.read();
             mailpipe_tokens::verify(token, kind, |tenant, kid| {
@@ -851,6 +882,27 @@ mod tests {
         for key in &keys {
             assert!(reg.authenticate(key).is_ok());
         }
+    }
+
+    #[test]
+    fn a_revoked_signing_key_stops_verifying_in_every_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Registry::open(dir.path().join("registry.json")).unwrap();
+        server.create_tenant("a").unwrap();
+        let old = server.mint(claims("a")).unwrap();
+        assert!(server.verify(&old, Kind::Click).is_ok());
+        // Another process (`mailpipe tenants revoke-key a k1`) revokes the key that signs.
+        let tool = Registry::open(dir.path().join("registry.json")).unwrap();
+        assert_eq!(tool.revoke_signing_key("a", "k1").unwrap(), "k2", "a fresh key signs from now on");
+        assert!(tool.verify(&old, Kind::Click).is_err());
+        std::thread::sleep(RELOAD_EVERY + Duration::from_millis(50));
+        assert_eq!(server.verify(&old, Kind::Click), Err(TokenError::UnknownKey), "the running process sees it");
+        let new = server.mint(claims("a")).unwrap();
+        assert_eq!(server.verify(&new, Kind::Click).unwrap().key_id, "k2");
+        // A revoked id is never given to a new key.
+        tool.revoke_signing_key("a", "k2").unwrap();
+        assert_eq!(tool.rotate_signing_key("a").unwrap(), "k4");
+        assert!(matches!(tool.revoke_signing_key("a", "k1"), Err(RegistryError::UnknownSigningKey { .. })));
     }
 
     #[test]

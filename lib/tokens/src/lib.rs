@@ -14,8 +14,13 @@ use sha2::Sha256;
 
 pub const TOKEN_VERSION: u8 = 1;
 const MAC_LEN: usize = 16;
-/// Longest field accepted, so a token stays a sane URL (links included).
-pub const MAX_FIELD_LEN: usize = 4096;
+/// Longest field accepted but the link: what `POST /v1/events` accepts, so a hit carries
+/// nothing an event could not.
+pub const MAX_FIELD_LEN: usize = 1000;
+/// Longest link of a click token, so a token stays a sane URL.
+pub const MAX_LINK_LEN: usize = 4096;
+/// Names of the fields, in their order in a token.
+const FIELD_NAMES: [&str; 7] = ["key_id", "tenant", "campaign", "variant", "message_id", "recipient", "link"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -64,7 +69,7 @@ pub struct Claims {
     pub link: String,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("token is not valid base64url")]
     Encoding,
@@ -72,8 +77,12 @@ pub enum TokenError {
     Malformed,
     #[error("token version {0} is not supported")]
     Version(u8),
-    #[error("field is longer than {MAX_FIELD_LEN} bytes")]
-    FieldTooLong,
+    #[error("{field} is longer than {max} bytes")]
+    FieldTooLong { field: &'static str, max: usize },
+    #[error("{0} contains a control character")]
+    ControlCharacter(&'static str),
+    #[error("a click's link must be an http:// or https:// URL without spaces")]
+    BadLink,
     #[error("unknown signing key")]
     UnknownKey,
     #[error("signature does not match")]
@@ -84,13 +93,11 @@ pub enum TokenError {
 
 /// Mints the token for `claims`, signed with `key`.
 pub fn mint(claims: &Claims, key: &[u8]) -> Result<String, TokenError> {
+    check(claims)?;
     let mut buf = Vec::with_capacity(96 + claims.link.len());
     buf.push(TOKEN_VERSION);
     buf.push(claims.kind.byte());
     for field in fields(claims) {
-        if field.len() > MAX_FIELD_LEN {
-            return Err(TokenError::FieldTooLong);
-        }
         write_len(&mut buf, field.len());
         buf.extend_from_slice(field.as_bytes());
     }
@@ -106,7 +113,7 @@ pub fn verify<'k>(
     expected: Kind,
     key_for: impl FnOnce(&str, &str) -> Option<&'k [u8]>,
 ) -> Result<Claims, TokenError> {
-    if token.len() > 4 * (8 * MAX_FIELD_LEN) / 3 {
+    if token.len() > 4 * (6 * MAX_FIELD_LEN + MAX_LINK_LEN + 64) / 3 + 4 {
         return Err(TokenError::Malformed);
     }
     let raw = URL_SAFE_NO_PAD
@@ -123,7 +130,7 @@ pub fn verify<'k>(
     let mut rest = &signed[2..];
     let mut next = || -> Result<String, TokenError> {
         let len = read_len(&mut rest)?;
-        if len > rest.len() || len > MAX_FIELD_LEN {
+        if len > rest.len() || len > MAX_LINK_LEN {
             return Err(TokenError::Malformed);
         }
         let (field, tail) = rest.split_at(len);
@@ -151,7 +158,30 @@ pub fn verify<'k>(
     if claims.kind != expected {
         return Err(TokenError::WrongKind);
     }
+    check(&claims)?;
     Ok(claims)
+}
+
+/// What every token's fields must be, minted here or by a sending node: no longer than an
+/// event's fields, no control characters (they would reach the store, and a CR or LF in a
+/// link breaks its redirect), and a click's link an http(s) URL.
+fn check(claims: &Claims) -> Result<(), TokenError> {
+    for (name, field) in FIELD_NAMES.iter().zip(fields(claims)) {
+        let max = if *name == "link" { MAX_LINK_LEN } else { MAX_FIELD_LEN };
+        if field.len() > max {
+            return Err(TokenError::FieldTooLong { field: name, max });
+        }
+        if field.chars().any(char::is_control) {
+            return Err(TokenError::ControlCharacter(name));
+        }
+    }
+    let link = &claims.link;
+    if claims.kind == Kind::Click
+        && (!(link.starts_with("https://") || link.starts_with("http://")) || link.contains(char::is_whitespace))
+    {
+        return Err(TokenError::BadLink);
+    }
+    Ok(())
 }
 
 fn fields(c: &Claims) -> [&str; 7] {
@@ -253,6 +283,37 @@ mod tests {
     fn kinds_are_not_interchangeable() {
         let token = mint(&claims(Kind::Open), KEY).unwrap();
         assert_eq!(verify(&token, Kind::Click, keys), Err(TokenError::WrongKind));
+    }
+
+    #[test]
+    fn fields_an_event_would_refuse_are_refused_when_minted_and_when_verified() {
+        let with = |f: &dyn Fn(&mut Claims)| {
+            let mut c = claims(Kind::Click);
+            f(&mut c);
+            c
+        };
+        let bad = [
+            (with(&|c| c.link = "https://acme.test/a\r\nSet-Cookie: x=1".into()), TokenError::ControlCharacter("link")),
+            (with(&|c| c.recipient = "ana\u{0}@gmail.com".into()), TokenError::ControlCharacter("recipient")),
+            (with(&|c| c.campaign = "c".repeat(MAX_FIELD_LEN + 1)), TokenError::FieldTooLong { field: "campaign", max: MAX_FIELD_LEN }),
+            (with(&|c| c.link = format!("https://acme.test/{}", "a".repeat(MAX_LINK_LEN))), TokenError::FieldTooLong { field: "link", max: MAX_LINK_LEN }),
+            (with(&|c| c.link = "javascript:alert(1)".into()), TokenError::BadLink),
+            (with(&|c| c.link = "https://acme.test/a b".into()), TokenError::BadLink),
+        ];
+        for (claims, error) in bad {
+            assert_eq!(mint(&claims, KEY), Err(error.clone()), "{claims:?}");
+            // A token minted elsewhere (a sending node's own code) with such a field: refused too.
+            let mut raw = vec![TOKEN_VERSION, claims.kind.byte()];
+            for field in fields(&claims) {
+                write_len(&mut raw, field.len());
+                raw.extend_from_slice(field.as_bytes());
+            }
+            let tag = mac(KEY, &raw).finalize().into_bytes();
+            raw.extend_from_slice(&tag[..MAC_LEN]);
+            assert_eq!(verify(&URL_SAFE_NO_PAD.encode(raw), Kind::Click, keys), Err(error));
+        }
+        let longest = with(&|c| c.campaign = "c".repeat(MAX_FIELD_LEN));
+        assert_eq!(verify(&mint(&longest, KEY).unwrap(), Kind::Click, keys).unwrap(), longest);
     }
 
     #[test]

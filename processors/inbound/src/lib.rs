@@ -24,6 +24,7 @@ pub use reply::Thread;
 
 /// Messages larger than this are refused by [`classify`]; bounces quoting huge attachments
 /// carry nothing useful past the first megabytes.
+/// (The same as what `POST /v1/inbound` accepts, `mailpipe_schemas::INBOUND_MAX_BYTES`.)
 pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
