@@ -10,7 +10,7 @@ pub mod telemetry;
 use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use axum::{Router, ServiceExt};
+use axum::Router;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus, EventBus, KafkaBusConfig, KafkaEventBus};
 use mailpipe_config::{BusConfig, Config, StoreConfig};

@@ -206,7 +206,10 @@ async fn anything_sent_gets_a_json_4xx_or_the_pixel() {
     let (st, body) = send(client().post(format!("{base}/u/{u}")).body(vec![b'x'; 10_000])).await;
     json_error(st, 413, &body, "a 10 kB one-click body");
     let (st, body) = send(client().post(format!("{base}/u/{u}")).header("content-type", "text/plain").body("please List-Unsubscribe me, One-Click")).await;
-    json_error(st, 400, &body, "a one-click body that only mentions the words");
+    json_error(st, 415, &body, "a one-click body of another type");
+    let form = "application/x-www-form-urlencoded";
+    let (st, body) = send(client().post(format!("{base}/u/{u}")).header("content-type", form).body("note=List-Unsubscribe%3DOne-Click")).await;
+    json_error(st, 400, &body, "a one-click form that only mentions the words");
     // Invalid UTF-8, deep JSON, wrong types, a date of 1900.
     for (body, what) in [
         (vec![0xff, 0xfe, b'['], "invalid UTF-8"),

@@ -221,12 +221,13 @@ async fn bodies_are_refused_before_they_are_read_and_memory_comes_back() {
         }
     }
     let mut after = rss_mib(pid);
+    let done = after;
     let settled = Instant::now();
     while after - before > 32.0 && settled.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         after = rss_mib(pid);
     }
-    println!("resident memory: {before:.0} MiB before eight 10 MiB bodies, {after:.0} MiB {:?} after", settled.elapsed());
+    println!("resident memory: {before:.0} MiB before eight 10 MiB bodies, {done:.0} MiB when they were done, {after:.0} MiB {:?} after", settled.elapsed());
     assert!(after - before <= 32.0, "resident memory stayed at {after:.0} MiB after the bodies were done (before: {before:.0})");
     assert!(terminate(&mut server).success());
 }

@@ -103,8 +103,10 @@ async fn a_second_process_cannot_open_the_same_bus_and_bad_names_are_refused() {
     let _bus = EmbeddedEventBus::open(EmbeddedBusConfig::new(dir.path())).unwrap();
     assert!(EmbeddedEventBus::open(EmbeddedBusConfig::new(dir.path())).is_err());
     assert!(_bus.publish("../x", vec![msg(0)]).await.is_err());
-    let big = Message { key: vec![], payload: vec![0; 2 << 20] };
+    let big = Message { key: vec![], payload: vec![0; crate::MAX_MESSAGE_BYTES + 1] };
     assert!(_bus.publish("events", vec![big]).await.is_err());
+    let largest = Message { key: vec![], payload: vec![0; crate::MAX_MESSAGE_BYTES] };
+    _bus.publish("inbound", vec![largest]).await.unwrap();
 }
 
 #[tokio::test]

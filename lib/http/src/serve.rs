@@ -60,7 +60,7 @@ where
         // Beyond the cap, new connections wait in the listen backlog, not in memory.
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = stop.wait_for(|s| *s) => break,
+            _ = turned_true(&mut stop) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -73,7 +73,7 @@ where
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = turned_true(&mut stop) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let _ = stream.set_nodelay(true);
@@ -100,7 +100,7 @@ where
                         }
                         break;
                     }
-                    _ = closing.wait_for(|c| *c), if !shutting_down => {
+                    _ = turned_true(&mut closing), if !shutting_down => {
                         shutting_down = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -127,6 +127,11 @@ where
         connections.shutdown().await;
     }
     Ok(())
+}
+
+/// Resolves once `flag` is true (or its sender is gone).
+async fn turned_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|f| *f).await;
 }
 
 /// The app, with the peer's address in each request's extensions and axum's body type.

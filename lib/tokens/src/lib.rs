@@ -310,7 +310,9 @@ mod tests {
             }
             let tag = mac(KEY, &raw).finalize().into_bytes();
             raw.extend_from_slice(&tag[..MAC_LEN]);
-            assert_eq!(verify(&URL_SAFE_NO_PAD.encode(raw), Kind::Click, keys), Err(error));
+            // (A link longer than any token may carry is not even read as a field.)
+            let expected = if matches!(error, TokenError::FieldTooLong { field: "link", .. }) { TokenError::Malformed } else { error };
+            assert_eq!(verify(&URL_SAFE_NO_PAD.encode(raw), Kind::Click, keys), Err(expected));
         }
         let longest = with(&|c| c.campaign = "c".repeat(MAX_FIELD_LEN));
         assert_eq!(verify(&mint(&longest, KEY).unwrap(), Kind::Click, keys).unwrap(), longest);
