@@ -97,7 +97,6 @@ fn hit_event(claims: Claims, event_type: EventType, headers: &HeaderMap, ip: Opt
 /// Counters of tracking hits by source, registered once rather than looked up per hit.
 pub(crate) struct HitCounters {
     received: [metrics::Counter; 3],
-    failed: [metrics::Counter; 3],
 }
 
 const SOURCES: [&str; 3] = ["open", "click", "unsubscribe"];
@@ -106,7 +105,6 @@ impl HitCounters {
     pub(crate) fn new() -> Self {
         HitCounters {
             received: SOURCES.map(|s| metrics::counter!("mailpipe_ingest_events_received_total", "source" => s)),
-            failed: SOURCES.map(|s| metrics::counter!("mailpipe_ingest_publish_failures_total", "source" => s)),
         }
     }
 }
@@ -123,8 +121,9 @@ async fn record(state: &IngestState, event: Event) -> bool {
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, source = SOURCES[source], "publishing tracking hit failed");
-            state.hits.failed[source].increment(1);
+            // The recipient still gets the pixel or the redirect; the hit is counted as dropped.
+            metrics::counter!("mailpipe_ingest_hits_dropped_total", "source" => SOURCES[source], "reason" => crate::failure_reason(&e)).increment(1);
+            state.publish_failed(crate::Publisher::Hits, &e, "tracking hits");
             false
         }
     }

@@ -19,6 +19,8 @@ const READ_CHUNK: usize = 1 << 20;
 /// write into blocks that exist, with the file size unchanged, flushes the data alone (no inode
 /// update): about a third less time per commit on this project's disks.
 const PREALLOCATE: u64 = 4 << 20;
+/// While commits fail, how often the writer says so in the log.
+const LOG_FAILURES_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Body of the record that closes each group commit: a key length no real key can have.
 const COMMIT_MARK: [u8; 2] = [0xff, 0xff];
 
@@ -34,6 +36,8 @@ struct TopicLog {
     appends: mpsc::Sender<Append>,
     end: watch::Receiver<u64>,
     published: metrics::Counter,
+    /// Why the last commit failed (a full disk), until one succeeds.
+    failing: Arc<Mutex<Option<String>>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -121,19 +125,23 @@ impl TopicLog {
         let (appends, rx) = mpsc::channel::<Append>(4096);
         let (end_tx, end_rx) = watch::channel(end);
         let thread_name = format!("bus-{name}");
+        let failing = Arc::new(Mutex::new(None));
+        let writer_failing = failing.clone();
         let handle = std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || writer(&mut file, end, rx, end_tx))
+            .spawn(move || writer(&mut file, end, rx, end_tx, &writer_failing))
             .map_err(io("spawning bus writer"))?;
         let published = metrics::counter!("mailpipe_bus_messages_published_total", "topic" => name.to_string());
-        Ok(TopicLog { log_path, groups_dir, appends, end: end_rx, published, writer: Some(handle) })
+        Ok(TopicLog { log_path, groups_dir, appends, end: end_rx, published, failing, writer: Some(handle) })
     }
 }
 
 /// The group-commit loop: takes every append waiting, writes them at once, syncs once, and
 /// only then answers their callers and moves the end that consumers read up to.
-fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx: watch::Sender<u64>) {
+fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx: watch::Sender<u64>, failing: &Mutex<Option<String>>) {
     let mut buf = Vec::with_capacity(MAX_COMMIT_BYTES);
+    // While writes fail (a full disk), one log line every LOG_FAILURES_EVERY, with a count.
+    let (mut logged_at, mut unlogged) = (None::<std::time::Instant>, 0u64);
     let mut waiting = Vec::new();
     let mut written = end;
     // No pause to gather more: under load, what arrives during one commit's sync makes the next
@@ -163,6 +171,10 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
                 written = written.max(end);
                 end_tx.send_replace(end);
                 metrics::counter!("mailpipe_bus_group_commits_total").increment(1);
+                if failing.lock().take().is_some() {
+                    tracing::info!(failed_commits = unlogged, "bus log writes succeed again");
+                    (logged_at, unlogged) = (None, 0);
+                }
                 for done in waiting.drain(..) {
                     let _ = done.send(Ok(()));
                 }
@@ -171,7 +183,13 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
                 // Nothing of this commit is acknowledged, so none of it may stay in the log.
                 let _ = file.set_len(end);
                 written = end;
-                tracing::error!(error = %e, "bus log write failed");
+                *failing.lock() = Some(e.to_string());
+                metrics::counter!("mailpipe_bus_commit_failures_total").increment(1);
+                unlogged += 1;
+                if logged_at.is_none_or(|at| at.elapsed() >= LOG_FAILURES_EVERY) {
+                    tracing::error!(error = %e, failed_commits = unlogged, "bus log write failed; nothing of these commits is acknowledged");
+                    (logged_at, unlogged) = (Some(std::time::Instant::now()), 0);
+                }
                 for done in waiting.drain(..) {
                     let _ = done.send(Err(std::io::Error::new(e.kind(), e.to_string())));
                 }
@@ -330,12 +348,27 @@ impl EventBus for EmbeddedEventBus {
         Ok(Box::new(EmbeddedSubscription { file, pos, end: log.end.clone(), group_path, buf: Vec::new() }))
     }
 
+    /// Fails while the log is closed, or while its last commit failed (a full disk) and a
+    /// probe write of a commit's worth of room fails too: so readiness recovers by itself once
+    /// space comes back, before any write has to succeed.
     async fn health(&self) -> Result<(), BusError> {
         let topics: Vec<_> = self.topics.lock().values().cloned().collect();
         if topics.iter().any(|t| t.appends.is_closed()) {
             return Err(BusError::Closed);
         }
-        Ok(())
+        let Some(reason) = topics.iter().find_map(|t| t.failing.lock().clone()) else { return Ok(()) };
+        let probe = self.config.dir.join("health-probe");
+        let written = tokio::task::spawn_blocking(move || {
+            let result = File::create(&probe).and_then(|f| {
+                f.write_all_at(&vec![0; PREALLOCATE as usize + MAX_COMMIT_BYTES / 8], 0)?;
+                f.sync_data()
+            });
+            let _ = std::fs::remove_file(&probe);
+            result
+        })
+        .await
+        .map_err(|_| BusError::Closed)?;
+        written.map_err(|e| BusError::Unavailable(format!("the bus log cannot be written ({reason}; a probe write: {e})")))
     }
 }
 
