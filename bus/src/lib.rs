@@ -43,6 +43,36 @@ impl BusError {
     }
 }
 
+/// One log line per interval for a failure that repeats (a full disk, a broker gone), with a
+/// count, so a fault never turns into a flood of log lines: the bus writer and the edge use it.
+pub struct Throttle {
+    every_ms: u64,
+    started: std::time::Instant,
+    /// When the next line may be written, in milliseconds since `started`.
+    next: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub fn every(interval: Duration) -> Throttle {
+        Throttle { every_ms: interval.as_millis() as u64, started: std::time::Instant::now(), next: Default::default(), skipped: Default::default() }
+    }
+
+    /// Whether this failure is to be logged: the number of failures since the last line (this
+    /// one included), or `None` to stay quiet.
+    pub fn log(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.started.elapsed().as_millis() as u64;
+        let next = self.next.load(Relaxed);
+        if now >= next && self.next.compare_exchange(next, now + self.every_ms, Relaxed, Relaxed).is_ok() {
+            Some(self.skipped.swap(0, Relaxed) + 1)
+        } else {
+            self.skipped.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
 /// Where a record sits: a partition and an offset within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {

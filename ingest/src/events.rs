@@ -120,7 +120,7 @@ pub(crate) async fn post_events(
         ApiError { status: StatusCode::BAD_REQUEST, errors }
     })?;
     state.durable(crate::publish(state.bus.as_ref(), &events)).await.map_err(|e| {
-        state.publish_failed(crate::Publisher::Events, &e, "reported events");
+        state.publish_failed(crate::Publisher::Events, &e);
         ApiError::unavailable("the event bus cannot take writes right now; retry")
     })?;
     metrics::counter!("mailpipe_ingest_events_received_total", "source" => "api").increment(events.len() as u64);

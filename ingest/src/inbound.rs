@@ -65,7 +65,7 @@ pub(crate) async fn post_inbound(
     };
     let message = Message { key: envelope.inbound_id.as_bytes().to_vec(), payload: envelope.encode(&body) };
     state.durable(state.bus.publish(INBOUND_TOPIC, vec![message])).await.map_err(|e| {
-        state.publish_failed(crate::Publisher::Inbound, &e, "inbound mail");
+        state.publish_failed(crate::Publisher::Inbound, &e);
         ApiError::unavailable("the event bus cannot take writes right now; retry")
     })?;
     metrics::counter!("mailpipe_ingest_inbound_messages_total").increment(1);

@@ -18,7 +18,7 @@ use mailpipe_schemas::{Envelope, Event};
 use mailpipe_tenants::Registry;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ pub struct IngestState {
     hits: tracking::HitCounters,
     waiting: Waiting,
     /// While publishing fails, one log line per interval for each kind of request.
-    failures: [Throttle; 3],
+    failures: [mailpipe_bus::Throttle; 3],
 }
 
 /// The kinds of request whose publishing failures are logged apart.
@@ -48,36 +48,14 @@ pub(crate) enum Publisher {
     Inbound = 2,
 }
 
+impl Publisher {
+    fn what(self) -> &'static str {
+        ["tracking hits", "reported events", "inbound mail"][self as usize]
+    }
+}
+
 /// How often a publishing failure that keeps happening is logged (with a count).
 const LOG_FAILURES_EVERY: Duration = Duration::from_secs(10);
-
-/// One log line per interval for a failure that repeats, so a fault (a full disk) never turns
-/// into a flood of lines onto the same disk.
-pub(crate) struct Throttle {
-    started: Instant,
-    /// When the next line may be written, in milliseconds since `started`.
-    next: AtomicU64,
-    skipped: AtomicU64,
-}
-
-impl Throttle {
-    fn new() -> Throttle {
-        Throttle { started: Instant::now(), next: AtomicU64::new(0), skipped: AtomicU64::new(0) }
-    }
-
-    /// Whether this failure is to be logged: the number of failures since the last line
-    /// (this one included), or `None` to stay quiet.
-    pub(crate) fn log(&self) -> Option<u64> {
-        let now = self.started.elapsed().as_millis() as u64;
-        let next = self.next.load(Ordering::Relaxed);
-        if now >= next && self.next.compare_exchange(next, now + LOG_FAILURES_EVERY.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            Some(self.skipped.swap(0, Ordering::Relaxed) + 1)
-        } else {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
 
 /// What made a publish fail, as the `reason` label of the failure metrics.
 pub(crate) fn failure_reason(e: &BusError) -> &'static str {
@@ -94,13 +72,13 @@ impl IngestState {
     /// Metric handles are taken here, once: install the metrics recorder before.
     pub fn new(bus: Arc<dyn EventBus>, registry: Arc<Registry>, max_events_per_request: usize, max_body_bytes: usize) -> Self {
         let hits = tracking::HitCounters::new();
-        let failures = [Throttle::new(), Throttle::new(), Throttle::new()];
+        let failures = std::array::from_fn(|_| mailpipe_bus::Throttle::every(LOG_FAILURES_EVERY));
         IngestState { bus, registry, max_events_per_request, max_body_bytes, trusted_proxies: Vec::new(), hits, waiting: Waiting::default(), failures }
     }
 
     /// Counts a failed publish and logs it, at most once per interval for each kind.
-    pub(crate) fn publish_failed(&self, kind: Publisher, e: &BusError, what: &'static str) {
-        let reason = failure_reason(e);
+    pub(crate) fn publish_failed(&self, kind: Publisher, e: &BusError) {
+        let (reason, what) = (failure_reason(e), kind.what());
         metrics::counter!("mailpipe_ingest_publish_failures_total", "kind" => what, "reason" => reason).increment(1);
         if let Some(failures) = self.failures[kind as usize].log() {
             tracing::error!(error = %e, reason, failures, "publishing {what} failed ({failures} since the last line like this)");

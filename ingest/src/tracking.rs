@@ -123,7 +123,7 @@ async fn record(state: &IngestState, event: Event) -> bool {
         Err(e) => {
             // The recipient still gets the pixel or the redirect; the hit is counted as dropped.
             metrics::counter!("mailpipe_ingest_hits_dropped_total", "source" => SOURCES[source], "reason" => crate::failure_reason(&e)).increment(1);
-            state.publish_failed(crate::Publisher::Hits, &e, "tracking hits");
+            state.publish_failed(crate::Publisher::Hits, &e);
             false
         }
     }

@@ -20,7 +20,7 @@ const READ_CHUNK: usize = 1 << 20;
 /// update): about a third less time per commit on this project's disks.
 const PREALLOCATE: u64 = 4 << 20;
 /// While commits fail, how often the writer says so in the log.
-const LOG_FAILURES_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const LOG_FAILURES_EVERY: Duration = Duration::from_secs(10);
 /// Body of the record that closes each group commit: a key length no real key can have.
 const COMMIT_MARK: [u8; 2] = [0xff, 0xff];
 
@@ -141,7 +141,7 @@ impl TopicLog {
 fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx: watch::Sender<u64>, failing: &Mutex<Option<String>>) {
     let mut buf = Vec::with_capacity(MAX_COMMIT_BYTES);
     // While writes fail (a full disk), one log line every LOG_FAILURES_EVERY, with a count.
-    let (mut logged_at, mut unlogged) = (None::<std::time::Instant>, 0u64);
+    let failures = crate::Throttle::every(LOG_FAILURES_EVERY);
     let mut waiting = Vec::new();
     let mut written = end;
     // No pause to gather more: under load, what arrives during one commit's sync makes the next
@@ -172,8 +172,7 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
                 end_tx.send_replace(end);
                 metrics::counter!("mailpipe_bus_group_commits_total").increment(1);
                 if failing.lock().take().is_some() {
-                    tracing::info!(failed_commits = unlogged, "bus log writes succeed again");
-                    (logged_at, unlogged) = (None, 0);
+                    tracing::info!("bus log writes succeed again");
                 }
                 for done in waiting.drain(..) {
                     let _ = done.send(Ok(()));
@@ -185,10 +184,8 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
                 written = end;
                 *failing.lock() = Some(e.to_string());
                 metrics::counter!("mailpipe_bus_commit_failures_total").increment(1);
-                unlogged += 1;
-                if logged_at.is_none_or(|at| at.elapsed() >= LOG_FAILURES_EVERY) {
-                    tracing::error!(error = %e, failed_commits = unlogged, "bus log write failed; nothing of these commits is acknowledged");
-                    (logged_at, unlogged) = (Some(std::time::Instant::now()), 0);
+                if let Some(failed_commits) = failures.log() {
+                    tracing::error!(error = %e, failed_commits, "bus log write failed; nothing of these commits is acknowledged");
                 }
                 for done in waiting.drain(..) {
                     let _ = done.send(Err(std::io::Error::new(e.kind(), e.to_string())));

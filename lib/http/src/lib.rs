@@ -101,20 +101,21 @@ pub struct BodyBudget {
 
 impl BodyBudget {
     pub fn new(max_inflight_bytes: usize, max_body_bytes: usize) -> BodyBudget {
-        let kib = |bytes: usize| u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
-        let total_kib = kib(max_inflight_bytes).max(1);
-        BodyBudget { kib: Arc::new(Semaphore::new(total_kib as usize)), total_kib, unknown_length_kib: kib(max_body_bytes).min(total_kib) }
+        let total_kib = kib(max_inflight_bytes as u64, Semaphore::MAX_PERMITS as u32).max(1);
+        BodyBudget { kib: Arc::new(Semaphore::new(total_kib as usize)), total_kib, unknown_length_kib: kib(max_body_bytes as u64, total_kib) }
     }
 
     /// Reserves room for a body of `length` bytes (unknown: the largest allowed) until the
     /// permit is dropped; `None` when the process is receiving too much already.
     pub fn reserve(&self, length: Option<u64>) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let kib = match length {
-            Some(bytes) => u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(self.total_kib),
-            None => self.unknown_length_kib,
-        };
+        let kib = length.map_or(self.unknown_length_kib, |bytes| kib(bytes, self.total_kib));
         self.kib.clone().try_acquire_many_owned(kib).ok()
     }
+}
+
+/// `bytes` in KiB, rounded up, at most `max`.
+fn kib(bytes: u64, max: u32) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(max)
 }
 
 /// The body of a request as bytes, with its limit and read errors answered in JSON, read only
