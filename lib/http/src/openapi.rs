@@ -80,6 +80,8 @@ const WITH_BODY: [(&str, &str, &str); 2] = [
     ("413", "PayloadTooLarge", "The body is larger than `http.max_body_bytes`."),
     ("415", "UnsupportedMediaType", "The body's content type is not one this operation takes."),
 ];
+/// A keyed body is read only when the process has room for it (`http.max_inflight_body_bytes`).
+const KEYED_WITH_BODY: (&str, &str, &str) = ("503", "Unavailable", "The server cannot take this now (too many bodies in flight, or the bus cannot take writes); retry after `Retry-After` seconds.");
 const BAD_REQUEST: (&str, &str, &str) = ("400", "BadRequest", "A parameter or the body is invalid; each problem is listed.");
 
 impl utoipa::Modify for Conventions {
@@ -102,8 +104,12 @@ impl utoipa::Modify for Conventions {
             ("RateLimit-Remaining", "Requests left now (the bucket refills continuously)."),
             ("RateLimit-Reset", "Seconds until the bucket is full again."),
         ];
-        for (status, name, description) in KEYED.iter().chain(&WITH_BODY).chain([&BAD_REQUEST]) {
+        let retry_after = || integer_header("Seconds after which to retry.");
+        for (status, name, description) in KEYED.iter().chain(&WITH_BODY).chain([&BAD_REQUEST, &KEYED_WITH_BODY]) {
             let mut response = error(description);
+            if *status == "503" {
+                response.headers.insert("Retry-After".into(), retry_after().into());
+            }
             if *status == "429" {
                 response.headers.insert("Retry-After".into(), integer_header("Seconds until the key may call again.").into());
                 for (header, description) in limit_headers {
@@ -127,8 +133,15 @@ impl utoipa::Modify for Conventions {
                 if takes_input {
                     add.push(&BAD_REQUEST);
                 }
+                if keyed && op.request_body.is_some() {
+                    add.push(&KEYED_WITH_BODY);
+                }
                 for (status, name, _) in add {
                     op.responses.responses.entry(status.to_string()).or_insert_with(|| RefOr::Ref(Ref::new(format!("#/components/responses/{name}"))));
+                }
+                // Every 503 says when to retry (`ApiError` adds `Retry-After: 1`).
+                if let Some(RefOr::T(r)) = op.responses.responses.get_mut("503") {
+                    r.headers.entry("Retry-After".into()).or_insert_with(|| retry_after().into());
                 }
                 if keyed {
                     for response in op.responses.responses.values_mut() {
