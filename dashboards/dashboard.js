@@ -89,6 +89,20 @@ function drawChart() {
   svg.innerHTML = out;
 }
 
+const REASONS = [["hard_bounce", "Hard bounces"], ["complaint", "Complaints"], ["unsubscribe", "Unsubscribes"],
+  ["soft_bounce_limit", "Soft-bounce limit"], ["manual", "Manual"]];
+
+async function loadSuppressions() {
+  try {
+    const s = await api("/v1/suppressions/summary");
+    $("suppression-counts").innerHTML = `<div class="kpi" data-reason="total"><div class="label">Suppressed</div><div class="value">${fmt("", s.total)}</div></div>` +
+      REASONS.map(([r, label]) => `<div class="kpi" data-reason="${r}"><div class="label">${label}</div>` +
+        `<div class="value"><a href="/suppressions#reason=${r}">${fmt("", s.by_reason[r] || 0)}</a></div></div>`).join("");
+  } catch (e) {
+    $("suppression-counts").textContent = "Suppression counts unavailable: " + e.message;
+  }
+}
+
 async function loadCampaigns() {
   const body = await api("/v1/campaigns");
   $("tenant").textContent = "tenant " + body.tenant;
@@ -124,6 +138,7 @@ async function start() {
   $("login").hidden = true;
   $("app").hidden = false;
   try { await loadCampaigns(); } catch (e) { return; }
+  loadSuppressions();
   setDays(30);
 }
 

@@ -84,25 +84,40 @@ impl KafkaEventBus {
             .create()
             .map_err(|e| BusError::Invalid(format!("kafka producer configuration: {e}")))?;
         let bus = KafkaEventBus { config, producer };
-        bus.create_topics(&[crate::EVENTS_TOPIC, crate::INBOUND_TOPIC, crate::DEAD_LETTER_TOPIC]).await?;
+        let partitions = bus.config.partitions;
+        bus.create_topics(&[
+            (crate::EVENTS_TOPIC, partitions, false),
+            (crate::INBOUND_TOPIC, partitions, false),
+            (crate::DEAD_LETTER_TOPIC, partitions, false),
+            (crate::SUPPRESSION_REQUESTS_TOPIC, partitions, false),
+            // One partition, so a record's offset orders every change; compacted, so the
+            // topic keeps the latest state of each address for ever.
+            (crate::SUPPRESSIONS_TOPIC, 1, true),
+        ])
+        .await?;
         Ok(bus)
     }
 
-    async fn create_topics(&self, names: &[&str]) -> Result<(), BusError> {
+    /// Creates the topics that are missing: (name, partitions, compacted).
+    async fn create_topics(&self, wanted: &[(&str, i32, bool)]) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = self
             .config
             .client_config()
             .create()
             .map_err(|e| BusError::Invalid(format!("kafka admin configuration: {e}")))?;
-        let names: Vec<String> = names.iter().map(|n| self.config.topic(n)).collect();
+        let names: Vec<String> = wanted.iter().map(|(n, _, _)| self.config.topic(n)).collect();
         let retention = self.config.retention_ms.to_string();
         let max_message = crate::MAX_MESSAGE_BYTES.to_string();
         let topics: Vec<NewTopic> = names
             .iter()
-            .map(|n| {
-                NewTopic::new(n, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor))
-                    .set("retention.ms", &retention)
-                    .set("max.message.bytes", &max_message)
+            .zip(wanted)
+            .map(|(n, &(_, partitions, compacted))| {
+                let topic = NewTopic::new(n, partitions, TopicReplication::Fixed(self.config.replication_factor)).set("max.message.bytes", &max_message);
+                if compacted {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic.set("retention.ms", &retention)
+                }
             })
             .collect();
         let results = admin
@@ -111,7 +126,7 @@ impl KafkaEventBus {
             .map_err(unavailable("creating topics"))?;
         for result in results {
             match result {
-                Ok(name) => tracing::info!(topic = %name, partitions = self.config.partitions, "kafka topic created"),
+                Ok(name) => tracing::info!(topic = %name, "kafka topic created"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => return Err(BusError::Unavailable(format!("kafka: creating topic {name}: {code}"))),
             }
@@ -122,7 +137,7 @@ impl KafkaEventBus {
 
 #[async_trait]
 impl EventBus for KafkaEventBus {
-    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), BusError> {
+    async fn append(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Position>, BusError> {
         let topic = self.config.topic(topic);
         // Everything is queued first (librdkafka batches it), then every delivery awaited.
         let mut deliveries = Vec::with_capacity(messages.len());
@@ -140,14 +155,15 @@ impl EventBus for KafkaEventBus {
                 }
             }
         }
+        let mut positions = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             match delivery.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(d)) => positions.push(Position { partition: d.partition as u32, offset: d.offset as u64 }),
                 Ok(Err((e, _))) => return Err(unavailable("publish")(e)),
                 Err(_) => return Err(BusError::Closed),
             }
         }
-        Ok(())
+        Ok(positions)
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, BusError> {
@@ -165,7 +181,43 @@ impl EventBus for KafkaEventBus {
             .map_err(|e| BusError::Invalid(format!("kafka consumer configuration: {e}")))?;
         let topic = self.config.topic(topic);
         consumer.subscribe(&[&topic]).map_err(unavailable("subscribe"))?;
-        Ok(Box::new(KafkaSubscription { consumer: Arc::new(consumer), topic, lag }))
+        Ok(Box::new(KafkaSubscription { consumer: Arc::new(consumer), topic, lag, reader: None }))
+    }
+
+    async fn reader(&self, topic: &str) -> Result<Box<dyn Subscription>, BusError> {
+        let context = GroupContext { lag: Arc::new(AtomicU64::new(0)), group: format!("reader-{topic}") };
+        let lag = context.lag.clone();
+        // A group id librdkafka wants even for assigned partitions; nothing is ever committed.
+        let consumer: StreamConsumer<GroupContext> = self
+            .config
+            .client_config()
+            .set("group.id", format!("mailpipe-reader-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .create_with_context(context)
+            .map_err(|e| BusError::Invalid(format!("kafka consumer configuration: {e}")))?;
+        let topic = self.config.topic(topic);
+        let consumer = Arc::new(consumer);
+        let (c, name) = (consumer.clone(), topic.clone());
+        // The partitions, and where each ends now: the reader's lag counts towards that end.
+        let ends = tokio::task::spawn_blocking(move || -> Result<BTreeMap<i32, i64>, KafkaError> {
+            let metadata = c.fetch_metadata(Some(&name), TIMEOUT)?;
+            let mut ends = BTreeMap::new();
+            for p in metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())) {
+                ends.insert(p, c.fetch_watermarks(&name, p, TIMEOUT)?.1);
+            }
+            Ok(ends)
+        })
+        .await
+        .map_err(|_| BusError::Closed)?
+        .map_err(unavailable("metadata"))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in ends.keys() {
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning).map_err(unavailable("assign"))?;
+        }
+        consumer.assign(&tpl).map_err(unavailable("assign"))?;
+        Ok(Box::new(KafkaSubscription { consumer, topic, lag, reader: Some(Reader { ends, read: BTreeMap::new() }) }))
     }
 
     async fn health(&self) -> Result<(), BusError> {
@@ -211,6 +263,15 @@ pub struct KafkaSubscription {
     consumer: Arc<StreamConsumer<GroupContext>>,
     topic: String,
     lag: Arc<AtomicU64>,
+    /// Assigned every partition, in no group: nothing to commit.
+    reader: Option<Reader>,
+}
+
+/// What a reader of no group knows of its lag: where each partition ended when it was made,
+/// and the offset after the last record it read of each.
+struct Reader {
+    ends: BTreeMap<i32, i64>,
+    read: BTreeMap<i32, i64>,
 }
 
 fn record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
@@ -234,7 +295,12 @@ impl Subscription for KafkaSubscription {
             // still polls the queue once).
             match tokio::time::timeout(wait, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(Ok(m)) => out.push(record(&m)),
+                Ok(Ok(m)) => {
+                    if let Some(reader) = &mut self.reader {
+                        reader.read.insert(m.partition(), m.offset() + 1);
+                    }
+                    out.push(record(&m))
+                }
                 Ok(Err(e)) => {
                     // librdkafka reconnects by itself; the error is news, not a stop.
                     tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error");
@@ -250,6 +316,9 @@ impl Subscription for KafkaSubscription {
     }
 
     async fn commit(&mut self, upto: &[Position]) -> Result<(), BusError> {
+        if self.reader.is_some() {
+            return Err(BusError::Invalid("a reader of no group has nothing to commit".into()));
+        }
         let mut tpl = TopicPartitionList::new();
         for p in upto {
             tpl.add_partition_offset(&self.topic, p.partition as i32, Offset::Offset(p.offset as i64))
@@ -277,12 +346,27 @@ impl Subscription for KafkaSubscription {
     }
 
     fn seek(&mut self, to: Position) -> Result<(), BusError> {
+        if let Some(reader) = &mut self.reader {
+            // Assigned, not subscribed: moving is assigning again at the new offset (a seek
+            // right after an assignment can fail while the fetcher starts).
+            reader.read.insert(to.partition as i32, to.offset as i64);
+            let mut tpl = TopicPartitionList::new();
+            for p in reader.ends.keys() {
+                let at = reader.read.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                tpl.add_partition_offset(&self.topic, *p, at).map_err(unavailable("seek"))?;
+            }
+            return self.consumer.assign(&tpl).map_err(unavailable("seek"));
+        }
         self.consumer
             .seek(&self.topic, to.partition as i32, Offset::Offset(to.offset as i64), TIMEOUT)
             .map_err(unavailable("seek"))
     }
 
+    /// A reader of no group: how far it is behind where the topic ended when it was made.
     fn lag(&self) -> u64 {
-        self.lag.load(Ordering::Relaxed)
+        match &self.reader {
+            Some(r) => r.ends.iter().map(|(p, end)| (end - r.read.get(p).copied().unwrap_or(0)).max(0) as u64).sum(),
+            None => self.lag.load(Ordering::Relaxed),
+        }
     }
 }

@@ -23,6 +23,11 @@ pub const INBOUND_TOPIC: &str = "inbound";
 pub const MAX_MESSAGE_BYTES: usize = (16 << 20) + (64 << 10);
 /// Topic of events a processor could not accept, with the reason.
 pub const DEAD_LETTER_TOPIC: &str = "dead-letter";
+/// Topic of suppression records: the whole state of one address of one tenant per record,
+/// keyed by tenant and normalised address (one partition; compacted on Kafka).
+pub const SUPPRESSIONS_TOPIC: &str = "suppressions";
+/// Topic of manual suppressions and releases (the API, imports), for the suppression writer.
+pub const SUPPRESSION_REQUESTS_TOPIC: &str = "suppression-requests";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -113,10 +118,20 @@ pub struct Message {
 #[async_trait]
 pub trait EventBus: Send + Sync {
     /// Appends the messages; returns once every one of them is durable.
-    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), BusError>;
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), BusError> {
+        self.append(topic, messages).await.map(|_| ())
+    }
+
+    /// Appends the messages like `publish`, and says where each one was written.
+    async fn append(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Position>, BusError>;
 
     /// Joins `group` on `topic`, starting from the group's committed positions.
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Reads `topic` from its start (or where `seek` puts it) as no group: for followers that
+    /// keep their own position (the suppression index) and for reads by position. Its
+    /// `commit` fails.
+    async fn reader(&self, topic: &str) -> Result<Box<dyn Subscription>, BusError>;
 
     /// Fails when the bus cannot take writes.
     async fn health(&self) -> Result<(), BusError>;

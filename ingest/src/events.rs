@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 /// Longest free-text field (diagnostics, message ids), as in a tracking token.
 pub const MAX_FIELD_LEN: usize = mailpipe_tokens::MAX_FIELD_LEN;
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "type", "event_id", "campaign", "variant", "message_id", "recipient", "timestamp", "bounce_class", "status",
-    "reason", "revenue", "currency",
+    "reason", "revenue", "currency", "stream",
 ];
 
 /// One reported event, as `POST /v1/events` takes it. Only what the schema says: the parser
@@ -59,6 +59,10 @@ pub struct EventInput {
     /// ISO 4217, only for `conversion`.
     #[schema(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
+    /// Only for `sent`: the mail stream of the message (`marketing`, `transactional`, ...);
+    /// an unsubscribe from it suppresses that stream only (its unsubscribe URL carries it).
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")]
+    stream: Option<String>,
 }
 
 #[allow(dead_code)]
@@ -235,6 +239,13 @@ fn parse_one(item: &Value, tenant: &str, now: DateTime<Utc>) -> Result<Event, Pr
     if currency.is_some() && event_type != EventType::Conversion {
         return Err(problem("currency", "is only for conversion events"));
     }
+    let stream = optional_str(obj, "stream", 64)?.map(str::to_string);
+    if stream.as_deref().is_some_and(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')) {
+        return Err(problem("stream", "must be lowercase letters, digits, _ and - (marketing, transactional)"));
+    }
+    if stream.is_some() && event_type != EventType::Sent {
+        return Err(problem("stream", "is only for sent events"));
+    }
     let event_id = match optional_str(obj, "event_id", 64)? {
         Some(s) => Uuid::parse_str(s).map_err(|_| problem("event_id", "must be a UUID"))?,
         None => derived_id(tenant, type_name, &message_id, &recipient, stated_time),
@@ -257,6 +268,7 @@ fn parse_one(item: &Value, tenant: &str, now: DateTime<Utc>) -> Result<Event, Pr
         currency,
         user_agent: None,
         ip: None,
+        stream,
     })
 }
 

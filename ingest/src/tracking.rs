@@ -82,7 +82,9 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 fn hit_event(claims: Claims, event_type: EventType, headers: &HeaderMap, ip: Option<IpAddr>) -> Event {
     let now = Utc::now();
     let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());
+    let stream = (event_type == EventType::Unsubscribe && !claims.link.is_empty()).then(|| claims.link.clone());
     Event {
+        stream,
         campaign: claims.campaign,
         variant: claims.variant,
         message_id: claims.message_id,

@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         (name = "inbound", description = "Raw inbound mail: bounces, complaints, replies."),
         (name = "tracking", description = "What recipients' mail clients reach: public, never rate limited."),
         (name = "stats", description = "Dashboards and statistics of the key's tenant."),
+        (name = "suppressions", description = "The addresses a tenant must not mail: checks before a send, history, manual changes, the changes feed, imports."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
 )]
@@ -38,6 +39,7 @@ pub fn openapi() -> Document {
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc.merge(mailpipe_ingest::api().into_openapi());
     doc.merge(mailpipe_query::api().into_openapi());
+    doc.merge(mailpipe_suppression::api().into_openapi());
     doc.merge(crate::ops_api().into_openapi());
     Conventions.modify(&mut doc);
     doc

@@ -3,7 +3,9 @@
 //! DataFusion scanning the same raw rows. `guard`: what key, scope and rate-limit checks
 //! cost, against the same routes without them. `freshness`: tracking hit to queryable, p50/p99.
 //! `production`: Kafka -> processor -> ClickHouse (rows/s, events/s per core, overview
-//! latency). The pixel throughput benchmark against nginx is `tests/bench/pixel.sh`.
+//! latency). `suppression`: checks/s at 10 million entries, memory per entry, start-up from
+//! the snapshot, bounce-to-suppressed freshness. The pixel throughput benchmark against nginx
+//! is `tests/bench/pixel.sh`.
 
 use crate::demo::{Generator, Profile};
 use crate::{telemetry, App};
@@ -66,6 +68,32 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         batch: usize,
     },
+    /// The suppression API: start-up from a snapshot of `--entries` suppressed addresses,
+    /// memory per entry, checks per second over HTTP in batches of 1,000 (and p99 per batch at
+    /// half that load), and how soon an acknowledged hard bounce is suppressed (p50/p99).
+    Suppression {
+        #[arg(long, default_value_t = 10_000_000)]
+        entries: u64,
+        #[arg(long, default_value = "./bench-data/suppression")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Hard bounces for the freshness figures.
+        #[arg(long, default_value_t = 500)]
+        bounces: usize,
+    },
+    /// Writes the snapshot the suppression benchmark starts from (run by it, in a process of
+    /// its own so that its memory does not count).
+    #[command(hide = true)]
+    SuppressionSnapshot {
+        #[arg(long)]
+        entries: u64,
+        #[arg(long)]
+        path: PathBuf,
+    },
     /// Hit-to-queryable latency under a steady stream of open pixel hits.
     Freshness {
         #[arg(long, default_value_t = 2000)]
@@ -80,6 +108,8 @@ pub async fn run(command: BenchCommand, _config: Config) -> anyhow::Result<()> {
         BenchCommand::Overview { events, dir, queries, scans } => overview(events, dir, queries, scans).await,
         BenchCommand::Guard { events, dir, seconds, rounds, concurrency } => guard_cost(events, dir, seconds, rounds, concurrency).await,
         BenchCommand::Freshness { rate, seconds } => freshness(rate, seconds).await,
+        BenchCommand::Suppression { entries, dir, seconds, concurrency, bounces } => suppression(entries, dir, seconds, concurrency, bounces).await,
+        BenchCommand::SuppressionSnapshot { entries, path } => suppression_snapshot(entries, &path),
         BenchCommand::Production { clickhouse, brokers, events, queries, batch } => production(clickhouse, brokers, events, queries, batch).await,
     }
 }
@@ -542,5 +572,176 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
         ceiling[0], ceiling[1]
     );
     client.query(&format!("DROP DATABASE IF EXISTS {}", config.database)).execute().await.ok();
+    Ok(())
+}
+
+const SUPPRESSION_TENANT: &str = "bench";
+
+/// The `i`th suppressed address of the benchmark (every third one on the marketing stream).
+fn suppressed_address(i: u64) -> String {
+    format!("user{i}@domain{}.example", i % 5000)
+}
+
+/// Fills an index with `entries` suppressed addresses and saves it as a snapshot covering no
+/// record of the (empty) topic.
+fn suppression_snapshot(entries: u64, path: &std::path::Path) -> anyhow::Result<()> {
+    use mailpipe_suppression::entry::{Action, Change, Provenance, Reason};
+    let index = mailpipe_suppression::Index::default();
+    let at = Utc::now();
+    let reasons = [Reason::HardBounce, Reason::Complaint, Reason::Unsubscribe, Reason::Manual];
+    for i in 0..entries {
+        let address = mailpipe_suppression::Address::parse(&suppressed_address(i)).map_err(anyhow::Error::msg)?;
+        let mut entry = mailpipe_suppression::Entry::new(SUPPRESSION_TENANT, address.as_str());
+        let reason = reasons[(i % 4) as usize];
+        entry.active.push(Change {
+            id: uuid::Uuid::from_u128(i as u128),
+            action: Action::Suppressed,
+            reason,
+            stream: (reason == Reason::Unsubscribe).then(|| "marketing".to_string()),
+            at,
+            expires_at: None,
+            doubtful: false,
+            provenance: Provenance::default(),
+        });
+        index.apply(address.key(SUPPRESSION_TENANT), &entry, i * 400, None);
+    }
+    index.save(path)?;
+    Ok(())
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
+async fn suppression(entries: u64, dir: PathBuf, seconds: u64, concurrency: usize, bounces: usize) -> anyhow::Result<()> {
+    telemetry::metrics();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let mut config = Config::default();
+    config.data_dir = dir.clone();
+    let snapshot = config.suppression_dir().join("serve.snapshot");
+    std::fs::create_dir_all(config.suppression_dir())?;
+    let started = Instant::now();
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "suppression-snapshot", "--entries", &entries.to_string(), "--path"])
+        .arg(&snapshot)
+        .status()?;
+    anyhow::ensure!(status.success(), "writing the snapshot failed");
+    let snapshot_bytes = std::fs::metadata(&snapshot)?.len();
+    println!("snapshot of {entries} entries written in {:.1} s ({:.0} MiB)", started.elapsed().as_secs_f64(), snapshot_bytes as f64 / (1 << 20) as f64);
+
+    let before = rss_bytes();
+    let started = Instant::now();
+    let app = App::open(config).await?;
+    app.suppressions.state.index.wait_ready().await;
+    let startup = started.elapsed();
+    let after = rss_bytes();
+    println!(
+        "start-up from the snapshot: {:.2} s for {} entries; resident memory {:.0} MiB -> {:.0} MiB: {:.1} bytes per entry",
+        startup.as_secs_f64(),
+        app.suppressions.state.index.len(),
+        before as f64 / (1 << 20) as f64,
+        after as f64 / (1 << 20) as f64,
+        (after.saturating_sub(before)) as f64 / entries.max(1) as f64
+    );
+    app.registry.create_tenant(SUPPRESSION_TENANT)?;
+    let mut new = mailpipe_tenants::NewKey::new(SUPPRESSION_TENANT, &[mailpipe_tenants::Scope::SuppressionsRead, mailpipe_tenants::Scope::EventsWrite]);
+    new.rate_limit_per_minute = Some(u32::MAX / 2);
+    let key = app.registry.create_api_key(new)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let running = app.start(listener).await?;
+    let url = format!("http://{}/v1/suppressions/check", running.addr);
+
+    // Batches of 1,000: half suppressed addresses (in other spellings), half unknown ones.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let bodies: Vec<axum::body::Bytes> = (0..64)
+        .map(|_| {
+            let recipients: Vec<String> = (0..1000)
+                .map(|j| {
+                    let i = rng.random_range(0..entries.max(1));
+                    if j % 2 == 0 { suppressed_address(i).to_uppercase() } else { format!("someone{i}@elsewhere.example") }
+                })
+                .collect();
+            serde_json::to_vec(&serde_json::json!({ "recipients": recipients, "stream": "marketing" })).unwrap().into()
+        })
+        .collect();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let run = |rate: Option<f64>| {
+        let (client, url, key, bodies) = (client.clone(), url.clone(), key.clone(), bodies.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let per_worker = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
+            let workers: Vec<_> = (0..concurrency)
+                .map(|w| {
+                    let (client, url, key, bodies) = (client.clone(), url.clone(), key.clone(), bodies.clone());
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        let mut suppressed = 0u64;
+                        let mut next = Instant::now();
+                        let mut n = w;
+                        while Instant::now() < deadline {
+                            if let Some(every) = per_worker {
+                                tokio::time::sleep_until(next.into()).await;
+                                next += every;
+                            }
+                            let t = Instant::now();
+                            let res = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(bodies[n % bodies.len()].clone()).send().await?;
+                            anyhow::ensure!(res.status() == 200, "check answered {}", res.status());
+                            let answer: serde_json::Value = res.json().await?;
+                            latencies.push(t.elapsed().as_secs_f64());
+                            suppressed += answer["suppressed"].as_array().map_or(0, |a| a.len() as u64);
+                            n += concurrency;
+                        }
+                        anyhow::Ok((latencies, suppressed))
+                    })
+                })
+                .collect();
+            let started = Instant::now();
+            let mut latencies = Vec::new();
+            let mut suppressed = 0;
+            for w in workers {
+                let (l, s) = w.await??;
+                latencies.extend(l);
+                suppressed += s;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            latencies.sort_by(f64::total_cmp);
+            anyhow::Ok((latencies.len() as f64 * 1000.0 / secs, percentile(&latencies, 0.5), percentile(&latencies, 0.99), suppressed, latencies.len()))
+        }
+    };
+    let (rate, p50, p99, suppressed, batches) = run(None).await?;
+    println!(
+        "checks, {concurrency} connections, batches of 1,000, load generator in this process: {rate:.0} addresses/s; per batch p50 {:.2} ms, p99 {:.2} ms ({suppressed} suppressed of {} checked); resident memory {:.0} MiB",
+        p50 * 1000.0, p99 * 1000.0, batches * 1000, rss_bytes() as f64 / (1 << 20) as f64
+    );
+    let (half, p50, p99, _, _) = run(Some(rate / 2.0 / 1000.0)).await?;
+    println!("checks at half that load ({half:.0} addresses/s): per batch p50 {:.2} ms, p99 {:.2} ms", p50 * 1000.0, p99 * 1000.0);
+
+    // Freshness: an acknowledged hard bounce to suppressed in the check API.
+    let events_url = format!("http://{}/v1/events", running.addr);
+    let mut took = Vec::with_capacity(bounces);
+    for i in 0..bounces {
+        let address = format!("fresh{i}@bounce.example");
+        let bounce = serde_json::json!([{"type": "bounced", "campaign": "bench", "message_id": format!("<f{i}@bench>"), "recipient": address, "bounce_class": "hard", "status": "5.1.1"}]);
+        let res = client.post(&events_url).bearer_auth(&key).json(&bounce).send().await?;
+        anyhow::ensure!(res.status() == 202, "event answered {}", res.status());
+        let acked = Instant::now();
+        loop {
+            let answer: serde_json::Value = client.post(&url).bearer_auth(&key).json(&serde_json::json!({"recipients": [address]})).send().await?.json().await?;
+            if answer["suppressed"].as_array().is_some_and(|a| !a.is_empty()) {
+                took.push(acked.elapsed().as_secs_f64());
+                break;
+            }
+            anyhow::ensure!(acked.elapsed() < Duration::from_secs(30), "{address} not suppressed after 30 s");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    took.sort_by(f64::total_cmp);
+    println!("freshness, embedded: acknowledged hard bounce to suppressed, {bounces} bounces: p50 {:.1} ms, p99 {:.1} ms", percentile(&took, 0.5) * 1000.0, percentile(&took, 0.99) * 1000.0);
+    running.shutdown().await?;
+    std::fs::remove_dir_all(dir).ok();
     Ok(())
 }

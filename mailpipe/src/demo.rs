@@ -194,7 +194,11 @@ impl Generator {
             recipient: r.address.clone(),
             ..Event::new(uuid::Uuid::from_u128(g.rng.random()), tenant, t, at)
         };
-        let e = ev(self, EventType::Sent, sent_at);
+        // The triggered welcome mail goes out on the transactional stream, broadcasts on the
+        // marketing one: an unsubscribe suppresses only its own stream.
+        let stream = if c.name.ends_with("-welcome") { "transactional" } else { "marketing" };
+        let mut e = ev(self, EventType::Sent, sent_at);
+        e.stream = Some(stream.into());
         self.push(e);
         let roll: f64 = self.rng.random();
         let corporate = provider == Provider::Other;
@@ -204,8 +208,15 @@ impl Generator {
             let mut e = ev(self, EventType::Bounced, at);
             let is_hard = roll < hard;
             e.bounce_class = Some(if is_hard { BounceClass::Hard } else { BounceClass::Soft });
-            e.status = Some(if is_hard { "5.1.1" } else { "4.2.2" }.into());
-            e.reason = Some(if is_hard { "550 5.1.1 user unknown" } else { "452 4.2.2 mailbox full" }.into());
+            // One hard bounce in ten is a policy rejection taken for hard: a doubtful one, which
+            // the suppression list holds for 30 days only.
+            let (status, reason) = match (is_hard, self.rng.random_bool(0.1)) {
+                (true, false) => ("5.1.1", "550 5.1.1 user unknown"),
+                (true, true) => ("5.7.1", "550 5.7.1 message rejected by policy"),
+                (false, _) => ("4.2.2", "452 4.2.2 mailbox full"),
+            };
+            e.status = Some(status.into());
+            e.reason = Some(reason.into());
             self.push(e);
             return;
         }
@@ -264,7 +275,13 @@ impl Generator {
         ] {
             if self.rng.random_bool(p) {
                 let at = if t == EventType::AutoReply { delivered_at + Duration::seconds(self.rng.random_range(2..60)) } else { after };
-                let e = ev(self, t, at);
+                let mut e = ev(self, t, at);
+                if t == EventType::Unsubscribe {
+                    e.stream = Some(stream.into());
+                }
+                if t == EventType::Complaint {
+                    e.reason = Some("feedback:abuse".into());
+                }
                 self.push(e);
             }
         }

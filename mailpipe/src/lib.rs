@@ -83,11 +83,13 @@ pub fn clickhouse_config(c: &mailpipe_config::ClickHouseConfig) -> ClickHouseSto
     ClickHouseStoreConfig { url: c.url.clone(), database: c.database.clone(), user: c.user.clone(), password: c.password.clone() }
 }
 
-/// What the operations routes read: the backends this process uses, and the API document.
+/// What the operations routes read: the backends this process uses, its suppression index,
+/// and the API document.
 #[derive(Clone)]
 pub struct OpsState {
     bus: Option<Arc<dyn EventBus>>,
     store: Option<Arc<dyn EventStore>>,
+    suppressions: Option<Arc<mailpipe_suppression::Index>>,
     doc: api::DocumentJson,
 }
 
@@ -114,8 +116,9 @@ fn document_api() -> OpenApiRouter<OpsState> {
 /// one, and `/healthz`, `/readyz` (every backend this process uses answers) and `/metrics` on
 /// the public one too, or, with `http.ops_listen`, only on the operations listener (the second
 /// router). The pixel's short way stays on the public listener whatever this says.
-pub fn ops_routers(config: &Config, bus: Option<Arc<dyn EventBus>>, store: Option<Arc<dyn EventStore>>) -> (Router, Option<Router>) {
-    let state = OpsState { bus, store, doc: api::DocumentJson(api::openapi_json().into()) };
+pub fn ops_routers(config: &Config, bus: Option<Arc<dyn EventBus>>, store: Option<Arc<dyn EventStore>>, suppressions: Option<&Suppressions>) -> (Router, Option<Router>) {
+    let suppressions = suppressions.map(|s| s.state.index.clone());
+    let state = OpsState { bus, store, suppressions, doc: api::DocumentJson(api::openapi_json().into()) };
     let document = document_api().with_state(state.clone()).split_for_parts().0;
     let health = health_api().with_state(state).split_for_parts().0;
     match config.http.ops_listen {
@@ -156,29 +159,35 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
     let listener = TcpListener::bind(config.http.listen).await.with_context(|| format!("listening on {}", config.http.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut processors = None;
+    let mut suppressions = None;
     let ops_server;
     let server = match role {
         Role::Ingest => {
             let bus = open_bus(&config).await?;
             let registry = open_registry(&config)?;
-            let (public, ops) = ops_routers(&config, Some(bus.clone()), None);
+            let (public, ops) = ops_routers(&config, Some(bus.clone()), None, None);
             ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
             serve_edge_until(listener, edge(&config, bus, registry, public), &config, stop_rx)
         }
         Role::Query => {
+            let bus = open_bus(&config).await?;
             let store = open_store(&config).await?;
             let registry = open_registry(&config)?;
-            let (public, ops) = ops_routers(&config, None, Some(store.clone()));
+            let lists = Suppressions::open(&config, bus.clone(), "query").await?;
+            let (public, ops) = ops_routers(&config, Some(bus), Some(store.clone()), Some(&lists));
             ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
-            let routes = query_router(store).merge(public);
+            let routes = query_router(store).merge(lists.router()).merge(public);
+            suppressions = Some(lists);
             serve_until(listener, api::guarded(routes, api::guard(&config, registry)), &config, stop_rx)
         }
         Role::Process => {
             let bus = open_bus(&config).await?;
             let store = open_store(&config).await?;
             let registry = open_registry(&config)?;
-            processors = Some(Processors::start(&config, bus.clone(), store.clone()));
-            let (public, ops) = ops_routers(&config, Some(bus), Some(store));
+            let lists = Suppressions::open(&config, bus.clone(), "process").await?;
+            processors = Some(Processors::start(&config, bus.clone(), store.clone(), &lists));
+            let (public, ops) = ops_routers(&config, Some(bus), Some(store), Some(&lists));
+            suppressions = Some(lists);
             ops_server = serve_ops(&config, ops, stop_rx.clone()).await?;
             serve_until(listener, api::guarded(public, api::guard(&config, registry)), &config, stop_rx)
         }
@@ -192,6 +201,9 @@ pub async fn run_role(config: Config, role: Role, shutdown: impl std::future::Fu
     server.await.context("http server task")??;
     if let Some((_, ops)) = ops_server {
         ops.await.context("operations server task")??;
+    }
+    if let Some(suppressions) = suppressions {
+        suppressions.stop().await;
     }
     Ok(())
 }
@@ -253,19 +265,54 @@ fn open_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
     Ok(registry)
 }
 
-/// The processors of one process: the inbound classifier and the store writer. The
-/// classifier stops first; the writer then drains what it left.
+/// The suppression list as one process sees it: an index following the suppressions topic
+/// (from its snapshot `<data_dir>/suppression/<name>.snapshot`), the records behind it, and
+/// the API routes that answer from them.
+pub struct Suppressions {
+    follower: mailpipe_suppression::Follower,
+    pub state: mailpipe_suppression::SuppressionState,
+}
+
+impl Suppressions {
+    pub async fn open(config: &Config, bus: Arc<dyn EventBus>, name: &str) -> anyhow::Result<Suppressions> {
+        let snapshot = config.suppression_dir().join(format!("{name}.snapshot"));
+        let interval = Duration::from_secs(config.suppression.snapshot_interval_secs);
+        let follower = mailpipe_suppression::Follower::start(bus.clone(), snapshot, interval).await.context("following the suppressions topic")?;
+        let records = Arc::new(mailpipe_suppression::Records::open(bus.as_ref()).await.context("reading the suppressions topic")?);
+        Ok(Suppressions { state: mailpipe_suppression::SuppressionState { index: follower.index.clone(), records, bus }, follower })
+    }
+
+    pub fn router(&self) -> Router {
+        mailpipe_suppression::router(self.state.clone())
+    }
+
+    /// Stops following the topic and saves the snapshot.
+    pub async fn stop(self) {
+        self.follower.stop().await;
+    }
+}
+
+/// The processors of one process: the inbound classifier, the store writer and the
+/// suppression writer. The classifier stops first; the writers then drain what it left.
 pub struct Processors {
     stop_inbound: watch::Sender<bool>,
-    stop_store: watch::Sender<bool>,
+    stop_writers: watch::Sender<bool>,
     inbound: JoinHandle<Result<(), mailpipe_processors::RunnerError>>,
     runner: JoinHandle<Result<(), mailpipe_processors::RunnerError>>,
+    suppression: JoinHandle<Result<(), mailpipe_bus::BusError>>,
 }
 
 impl Processors {
-    pub fn start(config: &Config, bus: Arc<dyn EventBus>, store: Arc<dyn EventStore>) -> Processors {
+    pub fn start(config: &Config, bus: Arc<dyn EventBus>, store: Arc<dyn EventStore>, suppressions: &Suppressions) -> Processors {
         let (stop_inbound, inbound_rx) = watch::channel(false);
-        let (stop_store, store_rx) = watch::channel(false);
+        let (stop_writers, writers_rx) = watch::channel(false);
+        let writer = mailpipe_suppression::Writer {
+            bus: bus.clone(),
+            index: suppressions.state.index.clone(),
+            records: suppressions.state.records.clone(),
+            config: config.suppression.clone(),
+        };
+        let suppression = tokio::spawn(logged("suppression writer", writer.run(writers_rx.clone())));
         let inbound = InboundRunner { bus: bus.clone(), store: store.clone(), group: "inbound-classifier".into() };
         let inbound = tokio::spawn(logged("inbound classifier", inbound.run(inbound_rx)));
         let runner = Runner {
@@ -278,15 +325,16 @@ impl Processors {
                 flush_interval: Duration::from_millis(config.processor.flush_interval_ms),
             },
         };
-        let runner = tokio::spawn(logged("store writer", runner.run(store_rx)));
-        Processors { stop_inbound, stop_store, inbound, runner }
+        let runner = tokio::spawn(logged("store writer", runner.run(writers_rx)));
+        Processors { stop_inbound, stop_writers, inbound, runner, suppression }
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop_inbound.send_replace(true);
         self.inbound.await.context("classifier task")?.context("classifier")?;
-        self.stop_store.send_replace(true);
+        self.stop_writers.send_replace(true);
         self.runner.await.context("processor task")?.context("processor")?;
+        self.suppression.await.context("suppression writer task")?.context("suppression writer")?;
         Ok(())
     }
 }
@@ -297,6 +345,7 @@ pub struct App {
     pub bus: Arc<dyn EventBus>,
     pub store: Arc<dyn EventStore>,
     pub registry: Arc<Registry>,
+    pub suppressions: Suppressions,
 }
 
 impl App {
@@ -307,14 +356,15 @@ impl App {
         let bus = open_bus(&config).await?;
         let store = open_store(&config).await?;
         let registry = open_registry(&config)?;
-        Ok(App { config, bus, store, registry })
+        let suppressions = Suppressions::open(&config, bus.clone(), "serve").await?;
+        Ok(App { config, bus, store, registry, suppressions })
     }
 
     /// Every role's HTTP routes in one service, and the operations routes when they have a
     /// listener of their own (`http.ops_listen`).
     pub fn service(&self) -> (mailpipe_ingest::Edge, Option<Router>) {
-        let (public, ops) = ops_routers(&self.config, Some(self.bus.clone()), Some(self.store.clone()));
-        let others = query_router(self.store.clone()).merge(public);
+        let (public, ops) = ops_routers(&self.config, Some(self.bus.clone()), Some(self.store.clone()), Some(&self.suppressions));
+        let others = query_router(self.store.clone()).merge(self.suppressions.router()).merge(public);
         (edge(&self.config, self.bus.clone(), self.registry.clone(), others), ops)
     }
 
@@ -324,7 +374,7 @@ impl App {
         let (stop, stop_rx) = watch::channel(false);
         let (service, ops) = self.service();
         let ops = serve_ops(&self.config, ops, stop_rx.clone()).await?;
-        let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone());
+        let processors = Processors::start(&self.config, self.bus.clone(), self.store.clone(), &self.suppressions);
         let server = serve_edge_until(listener, service, &self.config, stop_rx);
         tracing::info!(%addr, "mailpipe serving");
         let (ops_addr, ops_server) = ops.unzip();
@@ -343,8 +393,8 @@ async fn logged<E: std::fmt::Display>(name: &'static str, run: impl std::future:
 
 /// Readiness
 ///
-/// 200 when every backend this process uses answers (the bus, the store); 503 naming what
-/// does not.
+/// 200 when every backend this process uses answers (the bus, the store) and its suppression
+/// index has caught up after a start; 503 naming what does not.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -354,8 +404,11 @@ async fn logged<E: std::fmt::Display>(name: &'static str, run: impl std::future:
         (status = 503, description = "A backend does not answer; the reason names it.", body = mailpipe_http::ErrorBody),
     ),
 )]
-async fn ready(State(OpsState { bus, store, .. }): State<OpsState>) -> Result<&'static str, mailpipe_http::ApiError> {
+async fn ready(State(OpsState { bus, store, suppressions, .. }): State<OpsState>) -> Result<&'static str, mailpipe_http::ApiError> {
     let mut why = Vec::new();
+    if suppressions.is_some_and(|index| !index.is_ready()) {
+        why.push("the suppression index is still loading".to_string());
+    }
     if let Some(Err(e)) = match &bus { Some(b) => Some(b.health().await), None => None } {
         why.push(e.to_string());
     }
@@ -390,6 +443,7 @@ impl Running {
             ops.await.context("operations server task")?.context("operations server")?;
         }
         self.processors.stop().await?;
+        self.app.suppressions.stop().await;
         tracing::info!("mailpipe stopped cleanly");
         Ok(())
     }

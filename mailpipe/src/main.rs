@@ -11,6 +11,8 @@ use mailpipe_tokens::{Claims, Kind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod suppressions_cli;
+
 /// mimalloc: the edge allocates a little per hit, and glibc's malloc showed up in profiles.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -58,6 +60,10 @@ enum Command {
         /// Destination of a click URL (http or https).
         #[arg(long)]
         link: Option<String>,
+        /// Stream the message is sent on (`marketing`, ...), for an unsubscribe URL: the
+        /// unsubscribe then suppresses that stream only. Without it, every stream.
+        #[arg(long)]
+        stream: Option<String>,
     },
     /// Manage API keys.
     Keys {
@@ -79,6 +85,11 @@ enum Command {
         /// A write key of the tenant the mail belongs to.
         #[arg(long, env = "MAILPIPE_API_KEY", hide_env_values = true)]
         key: String,
+    },
+    /// Import or export a tenant's suppression list as CSV.
+    Suppressions {
+        #[command(subcommand)]
+        command: suppressions_cli::Command,
     },
     /// Classify raw messages (bounce, complaint, auto-reply, reply): one JSON object per file,
     /// one per line.
@@ -251,18 +262,20 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Url { kind, tenant, campaign, message_id, recipient, variant, link } => {
+        Command::Url { kind, tenant, campaign, message_id, recipient, variant, link, stream } => {
             let registry = Registry::open(config.registry_path())?;
             let kind = match kind {
                 UrlKind::Open => Kind::Open,
                 UrlKind::Click => Kind::Click,
                 UrlKind::Unsubscribe => Kind::Unsubscribe,
             };
-            let link = match (kind, link) {
-                (Kind::Click, None) => bail!("a click URL needs --link"),
-                (Kind::Click, Some(l)) => l,
-                (_, Some(_)) => bail!("--link is only for click URLs"),
-                (_, None) => String::new(),
+            let link = match (kind, link, stream) {
+                (Kind::Click, None, _) => bail!("a click URL needs --link"),
+                (Kind::Click, Some(l), None) => l,
+                (Kind::Unsubscribe, None, Some(s)) => s,
+                (_, Some(_), _) => bail!("--link is only for click URLs"),
+                (_, _, Some(_)) => bail!("--stream is only for unsubscribe URLs"),
+                (_, None, None) => String::new(),
             };
             let claims = Claims { kind, key_id: String::new(), tenant, campaign, variant, message_id, recipient, link };
             let token = registry.mint(claims)?;
@@ -317,6 +330,10 @@ fn main() -> anyhow::Result<()> {
             });
             std::process::exit(code);
         }
+        Command::Suppressions { command } => {
+            let code = suppressions_cli::run(&config, command)?;
+            std::process::exit(code);
+        }
         Command::Inspect { files } => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -351,13 +368,14 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         // A fresh key per start (keys are stored hashed, so old ones cannot be shown again),
         // for a week.
         for tenant in DEMO_TENANTS {
-            let mut new = NewKey::new(tenant, &[Scope::StatsRead]);
+            let mut new = NewKey::new(tenant, &[Scope::StatsRead, Scope::SuppressionsRead]);
             new.name = "demo dashboard".into();
             new.tier = Tier::Pro;
             new.expires_at = Some(chrono::Utc::now() + chrono::Duration::days(7));
             let key = running.app.registry.create_api_key(new)?;
             println!("dashboard for {tenant}: {}/#key={key}", public_url.trim_end_matches('/'));
-            println!("  api key (stats:read): {key}");
+            println!("  suppression list: {}/suppressions#key={key}", public_url.trim_end_matches('/'));
+            println!("  api key (stats:read, suppressions:read): {key}");
         }
         eprintln!("API documentation: {}/docs", public_url.trim_end_matches('/'));
     } else if running.app.registry.tenants().is_empty() {
@@ -375,6 +393,47 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
+}
+
+/// What the generated traffic leaves out of the suppression list: per tenant, a few mailboxes
+/// that soft-bounce past the policy (as events), and a few suppressed by hand (as requests of
+/// the suppressions API would be). Returns the events published.
+async fn demo_suppressions(running: &mailpipe::Running) -> anyhow::Result<usize> {
+    use mailpipe_schemas::{BounceClass, Event, EventType};
+    use mailpipe_suppression::entry::{Op, Reason, Request, RECORD_VERSION};
+    let now = chrono::Utc::now();
+    let mut events = Vec::new();
+    let mut requests = Vec::new();
+    for tenant in DEMO_TENANTS {
+        for i in 0..3 {
+            let recipient = format!("full{i}@{tenant}-customers.example");
+            for k in 0..5i64 {
+                let at = now - chrono::Duration::days(6 - k) - chrono::Duration::hours(i);
+                events.push(Event {
+                    campaign: format!("{tenant}-newsletter"),
+                    message_id: format!("<full{i}-{k}@mail.{tenant}.example>"),
+                    recipient: recipient.clone(),
+                    bounce_class: Some(BounceClass::Soft),
+                    status: Some("4.2.2".into()),
+                    reason: Some("452 4.2.2 mailbox full".into()),
+                    ..Event::new(mailpipe_schemas::derived_id(&[b"demo-soft", tenant.as_bytes(), &[i as u8, k as u8]]), tenant, EventType::Bounced, at)
+                });
+            }
+        }
+        for (address, note) in [("legal@competitor.example", "asked by their counsel"), ("ceo@" , "VIP: never mail from campaigns")] {
+            let address = if address.ends_with('@') { format!("{address}{tenant}.example") } else { address.to_string() };
+            let id = mailpipe_schemas::derived_id(&[b"demo-manual", tenant.as_bytes(), address.as_bytes()]);
+            let op = Op::Suppress { reason: Reason::Manual, stream: None, expires_at: None };
+            requests.push(Request { v: RECORD_VERSION, id, tenant: tenant.to_string(), address, at: now, by: "demo".into(), source: "api".into(), note: Some(note.into()), op });
+        }
+    }
+    mailpipe_ingest::publish(running.app.bus.as_ref(), &events).await?;
+    let messages = requests
+        .iter()
+        .map(|r| mailpipe_bus::Message { key: format!("{}\0{}", r.tenant, r.address).into_bytes(), payload: serde_json::to_vec(r).unwrap_or_default() })
+        .collect();
+    running.app.bus.publish(mailpipe_bus::SUPPRESSION_REQUESTS_TOPIC, messages).await?;
+    Ok(events.len())
 }
 
 async fn load_demo(running: &mailpipe::Running) -> anyhow::Result<()> {
@@ -405,6 +464,7 @@ async fn load_demo(running: &mailpipe::Running) -> anyhow::Result<()> {
         bar.set_position(done as u64);
     }
     producer.join().map_err(|_| anyhow::anyhow!("demo generator panicked"))?;
+    published += demo_suppressions(running).await?;
     bar.finish_with_message("published");
     let bar = ProgressBar::new(published as u64).with_style(
         ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} events").unwrap_or_else(|_| ProgressStyle::default_bar()),

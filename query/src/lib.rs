@@ -26,7 +26,9 @@ pub fn api() -> OpenApiRouter<QueryState> {
 pub fn router(state: Arc<QueryState>) -> Router {
     let pages = Router::new()
         .route("/", get(|| async { Html(include_str!("../../dashboards/index.html")) }))
+        .route("/suppressions", get(|| async { Html(include_str!("../../dashboards/suppressions.html")) }))
         .route("/assets/dashboard.js", get(|| async { asset("text/javascript", include_str!("../../dashboards/dashboard.js")) }))
+        .route("/assets/suppressions.js", get(|| async { asset("text/javascript", include_str!("../../dashboards/suppressions.js")) }))
         .route("/assets/dashboard.css", get(|| async { asset("text/css", include_str!("../../dashboards/dashboard.css")) }));
     let (api, _) = api().with_state((*state).clone()).split_for_parts();
     api.merge(pages)

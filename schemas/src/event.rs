@@ -174,6 +174,10 @@ pub struct Event {
     pub user_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The mail stream (`marketing`, `transactional`, ...) of a send, and of an unsubscribe
+    /// from a message sent on one: the unsubscribe suppresses that stream only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 impl Event {
@@ -198,6 +202,7 @@ impl Event {
             currency: None,
             user_agent: None,
             ip: None,
+            stream: None,
         }
     }
 

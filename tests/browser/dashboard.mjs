@@ -30,6 +30,16 @@ try {
   }
   result.rows = await page.$$eval("#daily tbody tr", (rs) => rs.length);
   result.bars = await page.$$eval("#chart rect", (rs) => rs.length);
+  // The suppression counts, then the list page (the key stays in local storage) and a look-up.
+  await page.waitForSelector('#suppression-counts .kpi[data-reason="total"]', { timeout: 15000 });
+  result.suppression_counts = await page.$$eval("#suppression-counts .kpi", (els) => Object.fromEntries(els.map((e) => [e.dataset.reason, e.querySelector(".value").textContent])));
+  await page.click('#suppression-counts .kpi[data-reason="complaint"] a');
+  await page.waitForSelector("#entries tbody tr", { timeout: 15000 });
+  result.complaints_listed = await page.$$eval("#entries tbody tr", (rs) => rs.map((r) => r.dataset.address));
+  await page.click("#entries tbody tr a.open");
+  await page.waitForSelector("#history tbody tr", { timeout: 15000 });
+  result.history = await page.$$eval("#history tbody tr", (rs) => rs.map((r) => r.textContent));
+  result.detail_state = await page.$eval("#detail-state", (e) => e.textContent);
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
   result.errors = errors;
   console.log(JSON.stringify(result));

@@ -19,6 +19,9 @@ fn sample_body(method: &str, path: &str) -> Option<Vec<u8>> {
             Some(br#"[{"type":"sent","campaign":"probe","message_id":"<p@x>","recipient":"p@gmail.com"}]"#.to_vec())
         }
         ("POST", "/v1/inbound") => Some(b"From: a@b.example\r\nTo: c@d.example\r\nSubject: hi\r\n\r\nhello\r\n".to_vec()),
+        ("POST", "/v1/suppressions/check") => Some(br#"{"recipients":["p@gmail.com","not an address"],"stream":"marketing"}"#.to_vec()),
+        ("POST", "/v1/suppressions/import") => Some(br#"{"entries":[{"address":"p@gmail.com","reason":"hard_bounce"}]}"#.to_vec()),
+        ("PUT", "/v1/suppressions/{address}") => Some(br#"{"note":"probe"}"#.to_vec()),
         _ => None,
     }
 }
@@ -42,10 +45,15 @@ fn keyed_operations() -> Vec<(String, String, Scope)> {
 }
 
 async fn call(s: &Server, method: &str, path: &str, key: &str) -> (u16, String) {
-    let url = format!("{}{path}", s.base);
+    // Path parameters get a sample value: a new one must add its own here.
+    let url = format!("{}{}", s.base, path.replace("{address}", "p@gmail.com"));
+    assert!(!url.contains('{'), "add a sample value for the parameters of {path}");
+    let body = || sample_body(method, path).unwrap_or_else(|| panic!("add a sample body for {method} {path}"));
     let request = match method {
         "GET" => client().get(url),
-        "POST" => client().post(url).body(sample_body(method, path).unwrap_or_else(|| panic!("add a sample body for {method} {path}"))),
+        "DELETE" => client().delete(url),
+        "POST" => client().post(url).body(body()),
+        "PUT" => client().put(url).body(body()),
         other => panic!("add {other} to this test"),
     };
     let res = request.bearer_auth(key).send().await.unwrap();

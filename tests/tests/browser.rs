@@ -23,11 +23,20 @@ async fn the_dashboard_shows_the_numbers_the_api_returns() {
             events.push(json!({"type": "conversion", "campaign": campaign, "message_id": format!("<{i}@x>"), "recipient": recipient, "timestamp": at, "revenue": 12.25}));
         }
     }
+    // Two hard bounces, and a complaint below, for the suppression counts and list.
+    for (i, recipient) in ["gone1@example.com", "gone2@example.com"].into_iter().enumerate() {
+        events.push(json!({"type": "bounced", "bounce_class": "hard", "status": "5.1.1", "campaign": "spring-0", "message_id": format!("<b{i}@x>"), "recipient": recipient}));
+    }
     let res = reqwest::Client::new().post(format!("{}/v1/events", s.base)).bearer_auth(&write).json(&events).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let arf = "From: fbl@fbl.example.com\r\nTo: fbl@mail.a.example\r\nSubject: Abuse report\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"F\"\r\n\r\n--F\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n\r\n--F\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\nOriginal-Rcpt-To: angry@yahoo.com\r\n\r\n--F\r\nContent-Type: message/rfc822\r\n\r\nFrom: news@mail.a.example\r\nTo: angry@yahoo.com\r\nMessage-ID: <0@x>\r\n\r\nBuy\r\n\r\n--F--\r\n";
+    let res = reqwest::Client::new().post(format!("{}/v1/inbound", s.base)).bearer_auth(s.key("a", "inbound:write")).body(arf).send().await.unwrap();
     assert_eq!(res.status(), 202);
     s.settle().await;
 
-    let read = s.key("a", "stats:read");
+    let read = s.key("a", "stats:read,suppressions:read");
+    let summary: serde_json::Value = reqwest::Client::new().get(format!("{}/v1/suppressions/summary", s.base)).bearer_auth(&read).send().await.unwrap().json().await.unwrap();
+    assert_eq!((summary["by_reason"]["hard_bounce"].as_u64(), summary["by_reason"]["complaint"].as_u64()), (Some(2), Some(1)), "{summary}");
     let api = |days: i64, campaign: Option<String>| {
         let (base, read) = (s.base.clone(), read.clone());
         async move {
@@ -70,4 +79,12 @@ async fn the_dashboard_shows_the_numbers_the_api_returns() {
     check(&seen["campaign"]["kpis"], &api(7, Some(campaign)).await, "one campaign, 7 days");
     assert_eq!(seen["rows"], 7);
     assert_eq!(seen["bars"], 7);
+
+    // The suppression counts are the API's, the list page lists the complaint with its history.
+    assert_eq!(number(&seen["suppression_counts"]["total"]), summary["total"].as_f64().unwrap());
+    assert_eq!(number(&seen["suppression_counts"]["hard_bounce"]), 2.0);
+    assert_eq!(seen["complaints_listed"], json!(["angry@yahoo.com"]));
+    assert!(seen["detail_state"].as_str().unwrap().contains("suppressed: complaint"), "{}", seen["detail_state"]);
+    let history = seen["history"][0].as_str().unwrap();
+    assert!(history.contains("suppressed") && history.contains("feedback abuse"), "{history}");
 }

@@ -313,3 +313,75 @@ async fn ingest_process_and_query_roles_work_together_on_kafka_and_clickhouse() 
         assert!(terminate(child).success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppressions_on_kafka_appear_within_a_second_and_survive_kill_9_of_every_role() {
+    let kafka = Kafka::start();
+    let ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "supp.");
+    let registry = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).env("MAILPIPE__DATA_DIR", dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    registry(&["tenants", "create", "acme"]);
+    registry(&["tenants", "create", "globex"]);
+    let write = registry(&["keys", "create", "--tenant", "acme", "--scope", "events:write,inbound:write", "--tier", "enterprise"]);
+    let read = registry(&["keys", "create", "--tenant", "acme", "--scope", "suppressions:read,suppressions:write", "--tier", "enterprise"]);
+    let read_globex = registry(&["keys", "create", "--tenant", "globex", "--scope", "suppressions:read", "--tier", "enterprise"]);
+    let (mut ingest, edge) = spawn_role("ingest", &kafka, &ch, "supp", dir.path(), &config).await;
+    let (mut process, _) = spawn_role("process", &kafka, &ch, "supp", dir.path(), &config).await;
+    let (mut query, api) = spawn_role("query", &kafka, &ch, "supp", dir.path(), &config).await;
+    let client = reqwest::Client::new();
+    let check = |api: String, key: String, address: &'static str| {
+        let client = client.clone();
+        async move {
+            let answer: serde_json::Value = client.post(format!("{api}/v1/suppressions/check")).bearer_auth(key).json(&serde_json::json!({"recipients": [address]})).send().await.unwrap().json().await.unwrap();
+            answer["suppressed"][0]["reason"].as_str().map(str::to_string)
+        }
+    };
+
+    let bounce = serde_json::json!([{"type": "bounced", "campaign": "spring", "message_id": "<k1@x>", "recipient": "Gone@Example.com", "bounce_class": "hard", "status": "5.1.1"}]);
+    let res = client.post(format!("{edge}/v1/events")).bearer_auth(&write).json(&bounce).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let acked = Instant::now();
+    while check(api.clone(), read.clone(), "gone@example.com").await.is_none() {
+        assert!(acked.elapsed() < Duration::from_secs(10), "not suppressed after 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = acked.elapsed();
+    println!("kafka: 202 -> suppressed in {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(check(api.clone(), read_globex.clone(), "gone@example.com").await, None, "another tenant's list");
+    let res = client.put(format!("{api}/v1/suppressions/vip@example.com")).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while check(api.clone(), read.clone(), "vip@example.com").await.is_none() {
+        assert!(Instant::now() < deadline, "manual suppression not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let feed = |api: String| {
+        let (client, read) = (client.clone(), read.clone());
+        async move {
+            let page: serde_json::Value = client.get(format!("{api}/v1/suppressions/changes")).bearer_auth(read).send().await.unwrap().json().await.unwrap();
+            page["changes"].as_array().unwrap().iter().map(|c| (c["address"].as_str().unwrap().to_string(), c["action"].as_str().unwrap().to_string())).collect::<Vec<_>>()
+        }
+    };
+    let before = feed(api.clone()).await;
+    assert_eq!(before, [("gone@example.com".to_string(), "suppressed".to_string()), ("vip@example.com".into(), "suppressed".into())]);
+
+    // kill -9 every role; start them again: the list is rebuilt from the topic and snapshots.
+    for child in [&mut ingest, &mut process, &mut query] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let (mut process, _) = spawn_role("process", &kafka, &ch, "supp", dir.path(), &config).await;
+    let (mut query, api) = spawn_role("query", &kafka, &ch, "supp", dir.path(), &config).await;
+    assert_eq!(check(api.clone(), read.clone(), "gone@example.com").await.as_deref(), Some("hard_bounce"));
+    assert_eq!(check(api.clone(), read.clone(), "vip@example.com").await.as_deref(), Some("manual"));
+    assert_eq!(feed(api.clone()).await, before, "the feed after a restart: the same changes, once each");
+    for child in [&mut process, &mut query] {
+        assert!(terminate(child).success());
+    }
+}

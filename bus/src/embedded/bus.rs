@@ -53,7 +53,8 @@ impl Drop for TopicLog {
 
 struct Append {
     frames: Vec<u8>,
-    done: oneshot::Sender<std::io::Result<()>>,
+    /// Answered with the offset the frames start at, once they are durable.
+    done: oneshot::Sender<std::io::Result<u64>>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BusError {
@@ -148,13 +149,13 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
     // commit. (A pause of 0.1 ms took 0.25-0.45 ms under load and made every commit longer.)
     while let Some(first) = rx.blocking_recv() {
         buf.clear();
+        waiting.push((end, first.done));
         buf.extend_from_slice(&first.frames);
-        waiting.push(first.done);
         while buf.len() < MAX_COMMIT_BYTES {
             match rx.try_recv() {
                 Ok(next) => {
+                    waiting.push((end + buf.len() as u64, next.done));
                     buf.extend_from_slice(&next.frames);
-                    waiting.push(next.done);
                 }
                 Err(_) => break,
             }
@@ -174,8 +175,8 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
                 if failing.lock().take().is_some() {
                     tracing::info!("bus log writes succeed again");
                 }
-                for done in waiting.drain(..) {
-                    let _ = done.send(Ok(()));
+                for (start, done) in waiting.drain(..) {
+                    let _ = done.send(Ok(start));
                 }
             }
             Err(e) => {
@@ -187,7 +188,7 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
                 if let Some(failed_commits) = failures.log() {
                     tracing::error!(error = %e, failed_commits, "bus log write failed; nothing of these commits is acknowledged");
                 }
-                for done in waiting.drain(..) {
+                for (_, done) in waiting.drain(..) {
                     let _ = done.send(Err(std::io::Error::new(e.kind(), e.to_string())));
                 }
             }
@@ -311,9 +312,9 @@ fn seal(out: &mut [u8], start: usize) {
 
 #[async_trait]
 impl EventBus for EmbeddedEventBus {
-    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), BusError> {
+    async fn append(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Position>, BusError> {
         if messages.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let log = self.topic(topic)?;
         let mut frames = Vec::with_capacity(messages.iter().map(|m| HEADER + 2 + m.key.len() + m.payload.len()).sum());
@@ -329,9 +330,16 @@ impl EventBus for EmbeddedEventBus {
         }
         let (done, wait) = oneshot::channel();
         log.appends.send(Append { frames, done }).await.map_err(|_| BusError::Closed)?;
-        wait.await.map_err(|_| BusError::Closed)?.map_err(io(log.log_path.display().to_string()))?;
+        let mut offset = wait.await.map_err(|_| BusError::Closed)?.map_err(io(log.log_path.display().to_string()))?;
         log.published.increment(messages.len() as u64);
-        Ok(())
+        Ok(messages
+            .iter()
+            .map(|m| {
+                let at = Position { partition: 0, offset };
+                offset += (HEADER + 2 + m.key.len() + m.payload.len()) as u64;
+                at
+            })
+            .collect())
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, BusError> {
@@ -342,7 +350,13 @@ impl EventBus for EmbeddedEventBus {
         let group_path = log.groups_dir.join(group);
         let pos = read_offset(&group_path)?;
         let file = File::open(&log.log_path).map_err(io(log.log_path.display().to_string()))?;
-        Ok(Box::new(EmbeddedSubscription { file, pos, end: log.end.clone(), group_path, buf: Vec::new() }))
+        Ok(Box::new(EmbeddedSubscription { file, pos, end: log.end.clone(), group_path: Some(group_path), buf: Vec::new() }))
+    }
+
+    async fn reader(&self, topic: &str) -> Result<Box<dyn Subscription>, BusError> {
+        let log = self.topic(topic)?;
+        let file = File::open(&log.log_path).map_err(io(log.log_path.display().to_string()))?;
+        Ok(Box::new(EmbeddedSubscription { file, pos: 0, end: log.end.clone(), group_path: None, buf: Vec::new() }))
     }
 
     /// Fails while the log is closed, or while its last commit failed (a full disk) and a
@@ -373,7 +387,8 @@ struct EmbeddedSubscription {
     file: File,
     pos: u64,
     end: watch::Receiver<u64>,
-    group_path: PathBuf,
+    /// Where the group's offset is kept; `None` for a reader of no group.
+    group_path: Option<PathBuf>,
     buf: Vec<u8>,
 }
 
@@ -435,10 +450,13 @@ impl Subscription for EmbeddedSubscription {
     }
 
     async fn commit(&mut self, upto: &[Position]) -> Result<(), BusError> {
+        let Some(path) = self.group_path.clone() else {
+            return Err(BusError::Invalid("a reader of no group has nothing to commit".into()));
+        };
         let Some(offset) = upto.iter().filter(|p| p.partition == 0).map(|p| p.offset).max() else {
             return Ok(());
         };
-        let path = self.group_path.clone();
+        let shown = path.display().to_string();
         tokio::task::spawn_blocking(move || {
             let tmp = path.with_extension("tmp");
             let mut f = File::create(&tmp)?;
@@ -452,7 +470,7 @@ impl Subscription for EmbeddedSubscription {
         })
         .await
         .map_err(|e| BusError::Io { what: "commit task".into(), source: std::io::Error::other(e) })?
-        .map_err(io(self.group_path.display().to_string()))
+        .map_err(io(shown))
     }
 
     fn seek(&mut self, to: Position) -> Result<(), BusError> {

@@ -164,3 +164,29 @@ async fn the_zeros_written_ahead_of_the_end_are_not_records_after_a_crash() {
     let mut sub = bus.subscribe("events", "g").await.unwrap();
     assert_eq!(drain(&mut sub).await, vec!["payload-0", "payload-1", "payload-2", "payload-3"]);
 }
+
+#[tokio::test]
+async fn append_says_where_each_message_is_and_a_reader_reads_from_there_with_no_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedEventBus::open(EmbeddedBusConfig::new(dir.path())).unwrap();
+    bus.publish("events", (0..3).map(msg).collect()).await.unwrap();
+    let (a, b) = tokio::join!(bus.append("events", (3..6).map(msg).collect()), bus.append("events", (6..8).map(msg).collect()));
+    let positions: Vec<Position> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    assert_eq!(positions.len(), 5);
+    let mut reader = bus.reader("events").await.unwrap();
+    for p in &positions {
+        reader.seek(*p).unwrap();
+        assert_eq!(reader.poll(1, Duration::from_millis(50)).await.unwrap()[0].position, *p);
+    }
+    // Each position is a different record, and all of them are the appended ones.
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &positions {
+        reader.seek(*p).unwrap();
+        seen.insert(String::from_utf8(reader.poll(1, Duration::from_millis(50)).await.unwrap()[0].payload.clone()).unwrap());
+    }
+    assert_eq!(seen, (3..8).map(|i| format!("payload-{i}")).collect());
+    reader.seek(Position { partition: 0, offset: 0 }).unwrap();
+    assert_eq!(drain(&mut reader).await.len(), 8);
+    assert!(reader.commit(&positions).await.is_err(), "a reader has no group to commit for");
+    assert!(!dir.path().join("events.groups").read_dir().unwrap().any(|_| true), "a reader leaves no group behind");
+}

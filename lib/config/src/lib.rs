@@ -26,6 +26,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub store: StoreConfig,
     pub processor: ProcessorConfig,
+    pub suppression: SuppressionConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,6 +190,43 @@ pub struct ProcessorConfig {
     pub flush_interval_ms: u64,
 }
 
+/// The suppression list: the soft-bounce policy (for every tenant, or per tenant) and how often
+/// each process saves its index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionConfig {
+    pub soft_bounces: SoftBouncePolicy,
+    /// Tenants whose soft-bounce policy differs: `[suppression.tenants.acme.soft_bounces]`.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, TenantSuppression>,
+    /// How often the index snapshot (`<data_dir>/suppression/index.snapshot`) is saved when it
+    /// changed, in seconds: a restart reads only the changes after it.
+    pub snapshot_interval_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSuppression {
+    pub soft_bounces: SoftBouncePolicy,
+}
+
+/// An address that soft-bounced `limit` times within `window_days`, with no delivery in
+/// between, is suppressed for `suppress_days`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftBouncePolicy {
+    pub limit: u32,
+    pub window_days: u32,
+    pub suppress_days: u32,
+}
+
+impl SuppressionConfig {
+    /// The soft-bounce policy of `tenant`.
+    pub fn policy(&self, tenant: &str) -> SoftBouncePolicy {
+        self.tenants.get(tenant).map_or(self.soft_bounces, |t| t.soft_bounces)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -212,6 +250,11 @@ impl Default for Config {
             bus: BusConfig::Embedded,
             store: StoreConfig::Datafusion { compact_after_files: 16 },
             processor: ProcessorConfig { group: "store-writer".into(), batch_max: 20_000, flush_interval_ms: 500 },
+            suppression: SuppressionConfig {
+                soft_bounces: SoftBouncePolicy { limit: 5, window_days: 14, suppress_days: 7 },
+                tenants: Default::default(),
+                snapshot_interval_secs: 60,
+            },
         }
     }
 }
@@ -287,6 +330,15 @@ impl Config {
         if self.processor.group.is_empty() {
             return invalid("processor.group", "must not be empty");
         }
+        let s = &self.suppression;
+        for p in std::iter::once(&s.soft_bounces).chain(s.tenants.values().map(|t| &t.soft_bounces)) {
+            if p.limit == 0 || p.window_days == 0 || p.suppress_days == 0 || p.window_days > 3650 || p.suppress_days > 3650 {
+                return invalid("suppression.soft_bounces", "limit, window_days and suppress_days must be at least 1 (days at most 3650)");
+            }
+        }
+        if s.snapshot_interval_secs == 0 {
+            return invalid("suppression.snapshot_interval_secs", "must be at least 1");
+        }
         if let BusConfig::Kafka(k) = &self.bus {
             if k.brokers.trim().is_empty() {
                 return invalid("bus.brokers", "must name at least one broker (host:port)");
@@ -312,6 +364,10 @@ impl Config {
 
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
+    }
+
+    pub fn suppression_dir(&self) -> PathBuf {
+        self.data_dir.join("suppression")
     }
 
     pub fn registry_path(&self) -> PathBuf {

@@ -88,6 +88,30 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Key {
     }
 }
 
+/// The URL query parameters of a request, a bad one answered with a JSON 400.
+pub struct Url<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Url<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(params) = axum::extract::Query::<T>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+        Ok(Url(params))
+    }
+}
+
+/// A JSON request body read through [`Body`], a bad one answered with a JSON 400 naming where.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Body(bytes) = Body::from_request(request, state).await?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::bad_request("body", format!("invalid JSON body: {e}")))
+    }
+}
+
 /// The request bodies one process receives at once (`http.max_inflight_body_bytes`): the
 /// [`Guard`] hands it to keyed requests, and [`Body`] reserves a body's length from it before
 /// reading a byte, so that many large bodies at once are refused instead of filling memory.

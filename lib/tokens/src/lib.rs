@@ -4,7 +4,8 @@
 //! Layout (documented in the README so sending nodes can mint tokens themselves):
 //! `base64url_nopad( 0x01 | kind | field* | mac16 )` where `kind` is `o`, `c` or `u`, each
 //! field is a LEB128 length followed by UTF-8 bytes in the order key id, tenant, campaign,
-//! variant, message id, recipient, link, and `mac16` is the first 16 bytes of
+//! variant, message id, recipient, link (of a click; the stream of the message in an
+//! unsubscribe token, or empty), and `mac16` is the first 16 bytes of
 //! HMAC-SHA256(signing key, every byte before it).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -66,6 +67,8 @@ pub struct Claims {
     pub message_id: String,
     pub recipient: String,
     /// Destination of a click; empty for the other kinds.
+    /// A click's destination; in an unsubscribe token, the stream the message was sent on
+    /// (empty: every stream).
     pub link: String,
 }
 

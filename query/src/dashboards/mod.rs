@@ -8,7 +8,7 @@ pub mod campaigns;
 pub mod overview;
 
 use crate::QueryState;
-use axum::extract::{Query as UrlQuery, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{Datelike, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
@@ -33,17 +33,7 @@ pub trait Dashboard: 'static {
     fn route() -> UtoipaMethodRouter<QueryState>;
 }
 
-/// The URL query parameters of a request, a bad one answered with a JSON 400.
-pub struct Url<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Url<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let UrlQuery(params) = UrlQuery::<T>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
-        Ok(Url(params))
-    }
-}
+pub use mailpipe_http::Url;
 
 /// What every dashboard's `route` does: the answer to the key's tenant.
 pub async fn handle<D: Dashboard>(State(state): State<QueryState>, Key(principal): Key, Url(params): Url<D::Params>) -> Result<Json<D::Answer>, ApiError> {
