@@ -25,6 +25,7 @@ pub const MAX_BATCH: usize = 1000;
 /// Most records one page of the feed or the list reads: a page can hold fewer entries than
 /// its limit (other tenants' records are skipped); follow `next_cursor`.
 const SCAN_MAX: usize = 20_000;
+const SCANS_PER_CALL: usize = 5;
 const MAX_WAIT_SECS: u64 = 30;
 const MAX_NOTE: usize = 1000;
 
@@ -288,7 +289,7 @@ fn request(key: &mailpipe_tenants::Principal, address: &Address, source: &str, n
     path = "/v1/suppressions/{address}",
     tag = "suppressions",
     params(("address" = String, Path, description = "The address.", example = "ana@gmail.com")),
-    request_body(content = Option<PutRequest>, description = "Optional."),
+    request_body(content = PutRequest, description = "Optional: the body may be empty."),
     responses((status = 202, description = "Durable; applied within a second.", body = Accepted), (status = 503, description = "The bus cannot take writes; retry.", body = mailpipe_http::ErrorBody)),
     security(("api_key" = ["suppressions:write"])),
 )]
@@ -410,10 +411,14 @@ async fn changes(State(state): State<SuppressionState>, Key(key): Key, Url(param
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut next = state.index.watch_next();
     let mut out = Vec::new();
+    // Other tenants' records are skipped; a call reads at most SCANS_PER_CALL runs of them
+    // and then answers with the cursor moved on (and maybe no change).
+    let mut scans = 0;
     loop {
         let end = state.index.next();
         let reads = state.records.scan(from, end, SCAN_MAX).await.map_err(bus_error)?;
-        let scanned_all = reads.len() < SCAN_MAX;
+        let more = reads.len() == SCAN_MAX;
+        scans += 1;
         for Read { next: after, entry, .. } in reads {
             from = after;
             if entry.tenant != key.tenant {
@@ -426,19 +431,16 @@ async fn changes(State(state): State<SuppressionState>, Key(key): Key, Url(param
                 }
             }
         }
-        if !out.is_empty() || !scanned_all && tokio::time::Instant::now() < deadline {
-            if !out.is_empty() {
-                break;
-            }
+        if !out.is_empty() || scans >= SCANS_PER_CALL {
+            break;
+        }
+        if more {
             continue;
         }
-        if tokio::time::Instant::now() >= deadline {
-            break;
-        }
         // Nothing yet: wait for the index to move past `from`, or the deadline.
-        let moved = tokio::time::timeout_at(deadline, next.wait_for(|n| *n > from)).await;
-        if !matches!(moved, Ok(Ok(_))) {
-            break;
+        match tokio::time::timeout_at(deadline, next.wait_for(|n| *n > from)).await {
+            Ok(Ok(_)) => {}
+            _ => break,
         }
     }
     Ok(Json(ChangesAnswer { changes: out, next_cursor: from.to_string() }))

@@ -46,7 +46,7 @@ pub fn inbound_events(
             .map(|(i, r)| Event {
                 bounce_class: Some(if r.hard_bounce { BounceClass::Hard } else { BounceClass::Soft }),
                 status: (!r.status.is_empty()).then(|| r.status.clone()),
-                reason: Some(r.reason.as_str().to_string()),
+                reason: Some(bounce_reason(r)),
                 ..event(i, EventType::Bounced, &r.address)
             })
             .collect(),
@@ -70,6 +70,23 @@ pub fn inbound_events(
         Kind::Reply if !sender.is_empty() => vec![event(0, EventType::Reply, sender)],
         _ => Vec::new(),
     }
+}
+
+/// A bounce's reason: the classified reason, then the MTA's own diagnostic (what the
+/// suppression list shows as provenance), within the 1,000 bytes of an event field.
+fn bounce_reason(r: &mailpipe_inbound::Recipient) -> String {
+    let mut reason = r.reason.as_str().to_string();
+    let diagnostic = r.diagnostic.trim();
+    if !diagnostic.is_empty() {
+        reason.push_str(": ");
+        for c in diagnostic.chars().filter(|c| !c.is_control()) {
+            if reason.len() + c.len_utf8() > 1000 {
+                break;
+            }
+            reason.push(c);
+        }
+    }
+    reason
 }
 
 /// Ids derived from the inbound message, so a redelivered message yields the same events.

@@ -62,7 +62,7 @@ fn entry<D: Dashboard>() -> Entry {
         answer: |store, tenant, query| {
             Box::pin(async move {
                 let uri: axum::http::Uri = format!("/?{query}").parse().map_err(|_| ApiError::bad_request("query", "not a URL query string"))?;
-                let UrlQuery(params) = UrlQuery::<D::Params>::try_from_uri(&uri).map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+                let axum::extract::Query(params) = axum::extract::Query::<D::Params>::try_from_uri(&uri).map_err(|e| ApiError::bad_request("query", e.body_text()))?;
                 let answer = D::answer(store, tenant, params).await?;
                 serde_json::to_value(answer).map_err(|e| ApiError::unavailable(e.to_string()))
             })
