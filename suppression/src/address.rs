@@ -64,11 +64,19 @@ impl Address {
     /// The index key of this address in `tenant`'s list: 96 bits of XXH3-128 over both, so
     /// ten million entries collide with a chance of about 10^-15.
     pub fn key(&self, tenant: &str) -> Key {
-        let mut h = twox_hash::XxHash3_128::new();
-        h.write(tenant.as_bytes());
-        h.write(&[0]);
-        h.write(self.0.as_bytes());
-        let bytes = h.finish_128().to_le_bytes();
+        let (t, a) = (tenant.as_bytes(), self.0.as_bytes());
+        let len = t.len() + 1 + a.len();
+        let mut stack = [0u8; 512];
+        let mut heap = Vec::new();
+        let buf: &mut [u8] = if len <= stack.len() {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        buf[..t.len()].copy_from_slice(t);
+        buf[t.len() + 1..].copy_from_slice(a);
+        let bytes = twox_hash::XxHash3_128::oneshot(buf).to_le_bytes();
         let mut key = [0u8; 12];
         key.copy_from_slice(&bytes[..12]);
         Key(key)

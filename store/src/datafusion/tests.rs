@@ -33,6 +33,7 @@ fn fixture(seed: u64, n: usize) -> Vec<Event> {
                 currency: None,
                 user_agent: None,
                 ip: None,
+                stream: None,
             }
         })
         .collect()
