@@ -209,8 +209,9 @@ impl Generator {
             let is_hard = roll < hard;
             e.bounce_class = Some(if is_hard { BounceClass::Hard } else { BounceClass::Soft });
             // One hard bounce in ten is a policy rejection taken for hard: a doubtful one, which
-            // the suppression list holds for 30 days only.
-            let (status, reason) = match (is_hard, self.rng.random_bool(0.1)) {
+            // the suppression list holds for 30 days only (chosen without the generator's random
+            // numbers, so the fixtures built from it stay as they were).
+            let (status, reason) = match (is_hard, i % 10 == 3) {
                 (true, false) => ("5.1.1", "550 5.1.1 user unknown"),
                 (true, true) => ("5.7.1", "550 5.7.1 message rejected by policy"),
                 (false, _) => ("4.2.2", "452 4.2.2 mailbox full"),

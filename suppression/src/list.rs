@@ -162,6 +162,11 @@ async fn follow(mut reader: Box<dyn Subscription>, index: Arc<Index>, snapshot: 
         if *stop.borrow() {
             break;
         }
+        // Caught up with the topic as it was at start (at once when nothing is left to read).
+        if !index.is_ready() && reader.lag() == 0 {
+            index.set_ready();
+            tracing::info!(entries = index.len(), records_read = read, ms = started.elapsed().as_millis() as u64, "suppression index ready");
+        }
         let records = tokio::select! {
             r = reader.poll(4096, Duration::from_millis(200)) => r,
             _ = stop.changed() => continue,
@@ -169,10 +174,6 @@ async fn follow(mut reader: Box<dyn Subscription>, index: Arc<Index>, snapshot: 
         match records {
             Ok(records) => {
                 failures = 0;
-                if records.is_empty() && !index.is_ready() && reader.lag() == 0 {
-                    index.set_ready();
-                    tracing::info!(entries = index.len(), records_read = read, ms = started.elapsed().as_millis() as u64, "suppression index ready");
-                }
                 for r in records {
                     read += 1;
                     match decode(&r.payload) {

@@ -62,6 +62,8 @@ async fn a_dsn_written_by_postfix_and_piped_to_mailpipe_inbound_suppresses_the_a
     for p in [&etc, &spool, &lib] {
         std::fs::create_dir_all(p).unwrap();
     }
+    // Postfix's own files (its lock, its caches) are written as its mail_owner.
+    assert!(Command::new("chown").arg("postfix").arg(&lib).status().unwrap().success());
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(
         etc.join("main.cf"),
@@ -70,11 +72,12 @@ async fn a_dsn_written_by_postfix_and_piped_to_mailpipe_inbound_suppresses_the_a
              myhostname = mta.test\nmydomain = test\nmyorigin = mta.test\nmydestination = mta.test\n\
              inet_interfaces = loopback-only\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\n\
              alias_maps =\nalias_database =\nlocal_recipient_maps =\nbiff = no\n\
-             transport_maps = inline:{{ bounces.test = mailpipe: }}\nmailpipe_destination_recipient_limit = 1\n\
-             maillog_file = {log}\nsmtputf8_enable = no\n",
+             transport_maps = inline:{{ bounces.test=mailpipe: }}\nmailpipe_destination_recipient_limit = 1\n\
+             maillog_file = {log}\nmaillog_file_prefixes = {m}\nsmtputf8_enable = no\n",
             spool = spool.display(),
             lib = lib.display(),
             log = m.join("maillog").display(),
+            m = m.display(),
         ),
     )
     .unwrap();
