@@ -248,7 +248,7 @@ pub struct PutRequest {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"address": "ana@gmail.com", "request_id": "0193a1f0-0000-7000-8000-000000000001"}))]
+#[schema(as = SuppressionAccepted, example = json!({"address": "ana@gmail.com", "request_id": "0193a1f0-0000-7000-8000-000000000001"}))]
 pub struct Accepted {
     /// Normalised.
     pub address: String,
@@ -289,7 +289,7 @@ fn request(key: &mailpipe_tenants::Principal, address: &Address, source: &str, n
     path = "/v1/suppressions/{address}",
     tag = "suppressions",
     params(("address" = String, Path, description = "The address.", example = "ana@gmail.com")),
-    request_body(content = PutRequest, description = "Optional: the body may be empty."),
+    request_body(content = Option<PutRequest>, description = "Optional: the body may be empty."),
     responses((status = 202, description = "Durable; applied within a second.", body = Accepted), (status = 503, description = "The bus cannot take writes; retry.", body = mailpipe_http::ErrorBody)),
     security(("api_key" = ["suppressions:write"])),
 )]
@@ -298,7 +298,7 @@ async fn put_one(State(state): State<SuppressionState>, Key(key): Key, Path(raw)
     let put: PutRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PutRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("body", format!("invalid JSON body: {e}")))?
+        serde_json::from_slice::<Option<PutRequest>>(&body).map_err(|e| ApiError::bad_request("body", format!("invalid JSON body: {e}")))?.unwrap_or_default()
     };
     note_ok(&put.note)?;
     stream_ok(&put.stream)?;
@@ -343,13 +343,13 @@ async fn delete_one(State(state): State<SuppressionState>, Key(key): Key, Path(r
 #[into_params(parameter_in = Query)]
 pub struct ChangesParams {
     /// Where the last page ended (`next_cursor`); absent: the beginning.
-    #[param(pattern = "^[0-9]{1,20}$")]
+    #[param(pattern = "^([0-9]{1,20}-[0-9a-f]{8})?$")]
     pub cursor: Option<String>,
     /// 1 to 1000; default 100.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Wait up to this long for a change when there is none (`30s` or `30`, at most 30 s).
-    #[param(pattern = "^[0-9]{1,2}s?$", example = "30s")]
+    #[param(pattern = "^([0-9]{1,2}s?)?$", example = "30s")]
     pub wait: Option<String>,
 }
 
@@ -363,7 +363,7 @@ pub struct FeedChange {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"changes": [{"cursor": "1832", "address": "ana@gmail.com", "id": "0193a1f0-0000-7000-8000-000000000001", "action": "suppressed", "reason": "hard_bounce", "at": "2026-11-28T09:12:00Z", "provenance": {"source": "event", "status": "5.1.1"}}], "next_cursor": "1832"}))]
+#[schema(example = json!({"changes": [{"cursor": "1832-5e1f09a2", "address": "ana@gmail.com", "id": "0193a1f0-0000-7000-8000-000000000001", "action": "suppressed", "reason": "hard_bounce", "at": "2026-11-28T09:12:00Z", "provenance": {"source": "event", "status": "5.1.1"}}], "next_cursor": "1832-5e1f09a2"}))]
 pub struct ChangesAnswer {
     /// In the order they were made.
     pub changes: Vec<FeedChange>,
@@ -371,10 +371,22 @@ pub struct ChangesAnswer {
     pub next_cursor: String,
 }
 
-fn cursor(raw: &Option<String>) -> Result<u64, ApiError> {
+/// A cursor as the API gives it: a position in the suppressions topic and a check of it for
+/// the tenant, so that only positions this API gave (record boundaries) are ever read from.
+fn cursor_of(offset: u64, tenant: &str) -> String {
+    let mut bytes = offset.to_le_bytes().to_vec();
+    bytes.extend_from_slice(tenant.as_bytes());
+    format!("{offset}-{:08x}", twox_hash::XxHash3_128::oneshot(&bytes) as u32)
+}
+
+fn cursor(raw: &Option<String>, tenant: &str) -> Result<u64, ApiError> {
+    let bad = || ApiError::bad_request("cursor", "must be a cursor this API gave (next_cursor)");
     match raw.as_deref() {
         None | Some("") => Ok(0),
-        Some(c) => c.parse().map_err(|_| ApiError::bad_request("cursor", "must be a next_cursor this API gave")),
+        Some(c) => {
+            let offset: u64 = c.split('-').next().and_then(|o| o.parse().ok()).ok_or_else(bad)?;
+            if cursor_of(offset, tenant) == c { Ok(offset) } else { Err(bad()) }
+        }
     }
 }
 
@@ -401,7 +413,7 @@ fn limit(raw: Option<usize>) -> Result<usize, ApiError> {
     security(("api_key" = ["suppressions:read"])),
 )]
 async fn changes(State(state): State<SuppressionState>, Key(key): Key, Url(params): Url<ChangesParams>) -> Result<Json<ChangesAnswer>, ApiError> {
-    let mut from = cursor(&params.cursor)?;
+    let mut from = cursor(&params.cursor, &key.tenant)?;
     let limit = limit(params.limit)?;
     let wait = match params.wait.as_deref() {
         None | Some("") => 0,
@@ -425,7 +437,7 @@ async fn changes(State(state): State<SuppressionState>, Key(key): Key, Url(param
                 continue;
             }
             if let Some(change) = entry.made {
-                out.push(FeedChange { cursor: after.to_string(), address: entry.address, change });
+                out.push(FeedChange { cursor: cursor_of(after, &key.tenant), address: entry.address, change });
                 if out.len() == limit {
                     break;
                 }
@@ -443,7 +455,7 @@ async fn changes(State(state): State<SuppressionState>, Key(key): Key, Url(param
             _ => break,
         }
     }
-    Ok(Json(ChangesAnswer { changes: out, next_cursor: from.to_string() }))
+    Ok(Json(ChangesAnswer { changes: out, next_cursor: cursor_of(from, &key.tenant) }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -458,7 +470,7 @@ pub struct ListParams {
     /// Only those in force since this time (RFC 3339) or later.
     pub since: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^[0-9]{1,20}$")]
+    #[param(pattern = "^([0-9]{1,20}-[0-9a-f]{8})?$")]
     pub cursor: Option<String>,
     /// 1 to 1000; default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -499,7 +511,7 @@ pub struct ListAnswer {
     security(("api_key" = ["suppressions:read"])),
 )]
 async fn list(State(state): State<SuppressionState>, Key(key): Key, Url(params): Url<ListParams>) -> Result<Json<ListAnswer>, ApiError> {
-    let mut from = cursor(&params.cursor)?;
+    let mut from = cursor(&params.cursor, &key.tenant)?;
     let limit = limit(params.limit)?;
     stream_ok(&params.stream)?;
     ready(&state)?;
@@ -530,7 +542,7 @@ async fn list(State(state): State<SuppressionState>, Key(key): Key, Url(params):
             break;
         }
     }
-    Ok(Json(ListAnswer { entries, next_cursor: (from < end).then(|| from.to_string()) }))
+    Ok(Json(ListAnswer { entries, next_cursor: (from < end).then(|| cursor_of(from, &key.tenant)) }))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

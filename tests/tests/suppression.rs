@@ -151,7 +151,7 @@ async fn suppressions_appear_within_a_second_survive_kill_9_stay_per_tenant_and_
 
     // The feed, all of it; then kill -9 and restart.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (before, cursor) = api.feed(&key_a, "0".into()).await;
+    let (before, cursor) = api.feed(&key_a, String::new()).await;
     assert_eq!(before.len(), 5, "{before:?}");
     assert!(!api.suppressed(&key_a, &["hard@x.com"], None).await.is_empty(), "b's release did not touch a's list");
     child.kill().unwrap();
@@ -162,7 +162,7 @@ async fn suppressions_appear_within_a_second_survive_kill_9_stay_per_tenant_and_
     let all = ["hard@x.com", "gone@example.net", "angry@yahoo.com", "soft@x.com"];
     assert_eq!(api.suppressed(&key_a, &all, None).await.len(), 4, "after kill -9");
     assert_eq!(api.suppressed(&key_a, &["unsub@x.com"], Some("marketing")).await.len(), 1);
-    let (after, end) = api.feed(&key_a, "0".into()).await;
+    let (after, end) = api.feed(&key_a, String::new()).await;
     assert_eq!(after, before, "the feed read again after a restart: the same changes, once each");
     assert_eq!(end, cursor);
 
