@@ -9,14 +9,12 @@ pub mod clickhouse;
 pub mod datafusion;
 pub mod aggregate;
 mod query;
-mod rollup;
 
 use async_trait::async_trait;
 use mailpipe_schemas::Event;
 
 pub use aggregate::{Aggregate, AggregateAnswer, AggregateRow, Dimension, Filters, Frame, Grain, Measure, QueryError};
 pub use query::{SentMessage, UNMATCHED_CAMPAIGN};
-pub use rollup::Rollup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

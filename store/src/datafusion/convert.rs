@@ -1,6 +1,6 @@
 //! Events to Arrow record batches and back to rollup rows.
 
-use crate::rollup::{Rollup, RowRef};
+use super::rollup::{Rollup, RowRef};
 use crate::StoreError;
 use datafusion::arrow::array::{
     Array, AsArray, FixedSizeBinaryBuilder, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
@@ -79,7 +79,7 @@ pub fn apply_batch(rollup: &mut Rollup, batch: &RecordBatch) -> Result<usize, St
             bounce_class,
             revenue_micros: if revenue.is_null(i) { 0 } else { revenue.value(i) },
         };
-        new += usize::from(rollup.apply(row));
+        new += usize::from(rollup.apply(row)?);
     }
     Ok(new)
 }

@@ -6,6 +6,7 @@
 mod config;
 mod convert;
 mod files;
+mod rollup;
 mod store;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@ use super::files::{self, DataFile};
 use super::DataFusionStoreConfig;
 use crate::aggregate::sql::{self, Bind, Dialect, Family, PartialRow, RawEvents, Sql};
 use crate::aggregate::{Accumulator, MESSAGE_KEY_REGEX};
-use crate::rollup::{Rollup, RowRef};
+use super::rollup::{Disk, Rollup, RowRef};
 use crate::{Aggregate, AggregateAnswer, EventStore, SentMessage, StoreError, UNMATCHED_CAMPAIGN};
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -27,7 +27,13 @@ pub struct DataFusionEventStore {
     files: tokio::sync::RwLock<Vec<DataFile>>,
     flushing: tokio::sync::Mutex<()>,
     next_seq: AtomicU64,
+    /// The last flush whose rollup changes are durable: later files are replayed at start,
+    /// so they are not compacted yet.
+    committed: AtomicU64,
 }
+
+/// The block cache of the rollup's on-disk state.
+const STATE_CACHE_BYTES: u64 = 64 << 20;
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
@@ -38,24 +44,35 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> +
 }
 
 impl DataFusionEventStore {
-    /// Opens the store in `config.dir`, rebuilding the rollup from every stored row.
+    /// Opens the store in `config.dir`: loads the rollup's counts and replays the data files
+    /// written after its last commit (an interrupted flush), committing what they add.
     pub async fn open(config: DataFusionStoreConfig) -> Result<Self, StoreError> {
         let root = config.dir.join("events");
-        let (files, rollup) = {
+        let state = config.dir.join("state");
+        let (files, rollup, committed) = {
             let root = root.clone();
             blocking(move || {
+                let started = std::time::Instant::now();
+                let (mut rollup, committed) = Rollup::open(Disk::open(&state, STATE_CACHE_BYTES)?)?;
                 let files = files::open_files(&root)?;
-                let mut rollup = Rollup::default();
-                for f in &files {
+                let replay: Vec<&DataFile> = files.iter().filter(|f| f.last > committed).collect();
+                for f in &replay {
                     for batch in files::read(&f.path)? {
                         apply_batch(&mut rollup, &batch)?;
                     }
                 }
-                Ok((files, rollup))
+                let committed = replay.iter().map(|f| f.last).max().unwrap_or(committed);
+                if !replay.is_empty() {
+                    let commit = rollup.take(committed);
+                    rollup.disk().expect("opened with a disk").commit(&commit)?;
+                    rollup.committed();
+                }
+                tracing::info!(replayed_files = replay.len(), seconds = started.elapsed().as_secs_f64(), "rollup loaded");
+                Ok((files, rollup, committed))
             })
             .await?
         };
-        let next_seq = files.iter().map(|f| f.last + 1).max().unwrap_or(1);
+        let next_seq = files.iter().map(|f| f.last).max().unwrap_or(0).max(committed) + 1;
         tracing::info!(dir = %root.display(), files = files.len(), events = rollup.events(), "event store opened");
         Ok(DataFusionEventStore {
             config,
@@ -65,12 +82,13 @@ impl DataFusionEventStore {
             files: tokio::sync::RwLock::new(files),
             flushing: tokio::sync::Mutex::new(()),
             next_seq: AtomicU64::new(next_seq),
+            committed: AtomicU64::new(committed),
         })
     }
 
     /// Number of distinct events stored (flushed or in the tail).
     pub fn event_count(&self) -> usize {
-        self.rollup.read().events()
+        self.rollup.read().events() as usize
     }
 
     pub async fn file_count(&self) -> usize {
@@ -135,11 +153,23 @@ impl DataFusionEventStore {
         Ok(acc)
     }
 
+    /// Makes a taken commit durable; until then lookups read it from memory, and a failed
+    /// commit is retried by the next flush.
+    async fn commit(&self, commit: std::sync::Arc<super::rollup::Commit>) -> Result<(), StoreError> {
+        let disk = self.rollup.read().disk().cloned().ok_or_else(|| engine("rollup has no disk"))?;
+        let seq = commit.seq();
+        blocking(move || disk.commit(&commit)).await?;
+        self.rollup.write().committed();
+        self.committed.store(seq, Ordering::SeqCst);
+        Ok(())
+    }
+
     async fn compact_if_needed(&self) -> Result<(), StoreError> {
         let crowded: Vec<Vec<DataFile>> = {
             let files = self.files.read().await;
             let mut by_day: BTreeMap<&str, Vec<DataFile>> = BTreeMap::new();
-            for f in files.iter() {
+            let committed = self.committed.load(Ordering::SeqCst);
+            for f in files.iter().filter(|f| f.last <= committed) {
                 by_day.entry(&f.day).or_default().push(f.clone());
             }
             by_day.into_values().filter(|fs| fs.len() > self.config.compact_after_files).collect()
@@ -257,10 +287,15 @@ impl RawEvents for DataFusionDialect {
 impl EventStore for DataFusionEventStore {
     async fn insert(&self, events: &[Event]) -> Result<usize, StoreError> {
         let now = chrono::Utc::now();
-        let fresh: Vec<Event> = {
-            let mut rollup = self.rollup.write();
-            events.iter().filter(|e| rollup.apply(RowRef::of(e))).cloned().collect()
-        };
+        // The rows join the tail under the rollup's lock, so a flush takes the rows and the
+        // counts they made together.
+        let mut rollup = self.rollup.write();
+        let mut fresh = Vec::new();
+        for e in events {
+            if rollup.apply(RowRef::of(e))? {
+                fresh.push(e.clone());
+            }
+        }
         let lag = metrics::histogram!("mailpipe_store_end_to_end_lag_seconds");
         for e in &fresh {
             lag.record((now - e.received_at).num_microseconds().unwrap_or(0) as f64 / 1e6);
@@ -270,24 +305,43 @@ impl EventStore for DataFusionEventStore {
         Ok(n)
     }
 
+    /// Writes the tail as one file per day, then commits the rollup's changes with the
+    /// file's sequence number.
     async fn flush(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
-        let pending = std::mem::take(&mut *self.tail.lock());
-        if pending.is_empty() {
-            return Ok(());
+        let leftover = self.rollup.read().committing();
+        if let Some(commit) = leftover {
+            self.commit(commit).await?;
         }
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let (pending, commit) = {
+            let mut rollup = self.rollup.write();
+            let pending = std::mem::take(&mut *self.tail.lock());
+            if pending.is_empty() {
+                return Ok(());
+            }
+            (pending, rollup.take(seq))
+        };
         let root = self.root.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut by_day: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
             for e in &pending {
                 by_day.entry(e.occurred_at.format("%Y-%m-%d").to_string()).or_default().push(e);
             }
-            let result = by_day
-                .iter()
-                .map(|(day, events)| files::write(&root, day, seq, seq, &[to_batch(events)?]))
-                .collect::<Result<Vec<_>, _>>();
-            (pending, result)
+            let mut written = Vec::new();
+            for (day, events) in &by_day {
+                match to_batch(events).and_then(|b| files::write(&root, day, seq, seq, &[b])) {
+                    Ok(f) => written.push(f),
+                    Err(e) => {
+                        // None of this flush's files may stay: their rows go back to the tail.
+                        for f in &written {
+                            let _ = std::fs::remove_file(&f.path);
+                        }
+                        return (pending, Err(e));
+                    }
+                }
+            }
+            (pending, Ok(written))
         })
         .await
         .map_err(engine)?;
@@ -297,13 +351,16 @@ impl EventStore for DataFusionEventStore {
                 self.files.write().await.extend(new_files);
             }
             (pending, Err(e)) => {
-                // Keep the rows for the next flush; nothing was acknowledged for them.
+                // Keep the rows and their counts for the next flush; nothing was acknowledged.
+                let mut rollup = self.rollup.write();
+                rollup.restore();
                 let mut tail = self.tail.lock();
                 let newer = std::mem::replace(&mut *tail, pending);
                 tail.extend(newer);
                 return Err(e);
             }
         }
+        self.commit(commit).await?;
         self.compact_if_needed().await
     }
 
@@ -319,7 +376,7 @@ impl EventStore for DataFusionEventStore {
     }
 
     async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<SentMessage>, StoreError> {
-        Ok(self.rollup.read().sent_message(tenant, message_id))
+        self.rollup.read().sent_message(tenant, message_id)
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
