@@ -1,5 +1,5 @@
 //! Benchmarks that print figures (never tests: these machines are shared and noisy).
-//! `overview`: overview query latency over HTTP from the rollup on N stored events, next to
+//! `overview`: ingest, store open and resident memory, and overview query latency over HTTP from the rollup on N stored events, next to
 //! DataFusion scanning the same raw rows. `guard`: what key, scope and rate-limit checks
 //! cost, against the same routes without them. `freshness`: tracking hit to queryable, p50/p99.
 //! `production`: Kafka -> processor -> ClickHouse (rows/s, events/s per core, overview
@@ -136,6 +136,7 @@ async fn bench_store(events: usize, dir: &std::path::Path) -> anyhow::Result<Arc
         }
         let store = DataFusionEventStore::open(DataFusionStoreConfig::new(&dir)).await?;
         let started = Instant::now();
+        let cpu = cpu_seconds();
         let mut written = 0;
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let generator = Generator::new(Profile::sized(events), Utc::now());
@@ -146,13 +147,20 @@ async fn bench_store(events: usize, dir: &std::path::Path) -> anyhow::Result<Arc
             eprint!("\rgenerated and stored {written} events");
         }
         producer.join().map_err(|_| anyhow::anyhow!("generator panicked"))?;
-        eprintln!("\rgenerated and stored {written} events in {:.1} s", started.elapsed().as_secs_f64());
+        let cpu = cpu_seconds() - cpu;
+        println!(
+            "generated and stored {written} events in {:.1} s, {:.0} events per CPU-second (generator included); resident memory {:.0} MiB",
+            started.elapsed().as_secs_f64(), written as f64 / cpu, rss_bytes() as f64 / 1048576.0
+        );
         std::fs::write(&marker, written.to_string())?;
     }
     let opened = Instant::now();
     let store = Arc::new(DataFusionEventStore::open(DataFusionStoreConfig::new(dir)).await?);
     let stored = store.event_count();
-    println!("store: {stored} events in {} files, opened (rollup rebuilt) in {:.1} s", store.file_count().await, opened.elapsed().as_secs_f64());
+    println!(
+        "store: {stored} events in {} files, opened in {:.2} s; resident memory {:.0} MiB",
+        store.file_count().await, opened.elapsed().as_secs_f64(), rss_bytes() as f64 / 1048576.0
+    );
     Ok(store)
 }
 
@@ -230,8 +238,8 @@ async fn overview(events: usize, dir: PathBuf, queries: usize, scans: usize) -> 
     }
     campaign_ms.sort_by(f64::total_cmp);
     println!(
-        "campaigns over HTTP ({} queries): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
-        campaign_ms.len(), percentile(&campaign_ms, 0.5), percentile(&campaign_ms, 0.95), percentile(&campaign_ms, 0.99)
+        "campaigns over HTTP ({} queries): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; resident memory after the queries {:.0} MiB",
+        campaign_ms.len(), percentile(&campaign_ms, 0.5), percentile(&campaign_ms, 0.95), percentile(&campaign_ms, 0.99), rss_bytes() as f64 / 1048576.0
     );
 
     let mut scan_ms = Vec::new();
