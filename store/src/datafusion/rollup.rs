@@ -70,11 +70,13 @@ pub struct Disk {
 const SEQ: &[u8] = b"seq";
 const EVENTS: &[u8] = b"events";
 const DIMS: &[u8] = b"dims/";
+const JOURNAL_BYTES: u64 = 64 << 20;
 
 impl Disk {
     /// Opens (or creates) the state in `dir`, with at most `cache_bytes` of cached blocks.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Disk, StoreError> {
-        let db = Database::builder(dir).cache_size(cache_bytes).open().map_err(engine)?;
+        // A small journal bounds what a restart replays (8 MiB memtables halved ingest, measured).
+        let db = Database::builder(dir).cache_size(cache_bytes).max_journaling_size(JOURNAL_BYTES).open().map_err(engine)?;
         let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(engine);
         Ok(Disk { ids: keyspace("ids")?, messages: keyspace("messages")?, cells: keyspace("cells")?, meta: keyspace("meta")?, db })
     }
