@@ -162,3 +162,176 @@ fn score(r: &mut Report, l: &Labelled, got: &Classification) {
         r.misses.push(format!("{}: extra recipient {} {}", l.id, g.address, g.reason.as_str()));
     }
 }
+
+/// Agreement per format family (the corpus' `kind`: `lhost-postfix`, `rhost-google`, `arf`, ...).
+pub fn per_family(labels: &[Labelled]) -> BTreeMap<String, Family> {
+    let mut out: BTreeMap<String, Family> = BTreeMap::new();
+    for l in labels {
+        let Some(got) = l.files.first().and_then(|(_, p)| std::fs::read(p).ok()).and_then(|b| classify(&b).ok()) else { continue };
+        let f = out.entry(l.kind.clone()).or_default();
+        f.messages += 1;
+        for (i, e) in l.expected.iter().enumerate() {
+            f.entries += 1;
+            let g = got.recipients.get(i);
+            f.reason_ok += usize::from(g.is_some_and(|g| g.reason.as_str() == e.reason));
+            f.hard_ok += usize::from(g.is_some_and(|g| g.hard_bounce == e.hard_bounce));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Family {
+    pub messages: usize,
+    pub entries: usize,
+    pub reason_ok: usize,
+    pub hard_ok: usize,
+}
+
+/// One message of an extra corpus (`../shared/corpus/bounces-extra/*/labels.jsonl`): only what
+/// its upstream tests assert, `None` where they say nothing.
+#[derive(Debug, Clone)]
+pub struct ExtraLabel {
+    pub file: String,
+    pub path: PathBuf,
+    /// Addresses the upstream test expects (`Some(vec![])`: expects none).
+    pub recipients: Option<Vec<String>>,
+    /// A permanent failure (`true`) or a delay/warning (`false`).
+    pub permanent: Option<bool>,
+    /// A bounce or delay notice at all (`false`: auto-replies, challenges, plain mail).
+    pub bounce: Option<bool>,
+    /// The address itself is bad (from BounceParser's `std_reason`: user_unknown and
+    /// domain_error are; spam, over_quota and message_too_large are not).
+    pub hard: Option<bool>,
+    pub status: Option<String>,
+}
+
+/// Labels whose own corpus README says the assertion documents a library's behaviour, not the
+/// message (bounceparser/README.md): plain spam asserted `is_bounce`, and a genuine Postfix DSN
+/// the library chose not to count.
+const LABEL_NOT_BOUNCE: &[&str] = &["spam-bogus-email-in-report.eml", "spam-lots-of-bogus-addresses.eml", "spam-with-image.eml", "misidentified-recipient.eml"];
+const LABEL_IS_BOUNCE: &[&str] = &["whitelist.eml"];
+
+pub fn load_extra(dir: &Path) -> Result<Vec<ExtraLabel>, String> {
+    let text = std::fs::read_to_string(dir.join("labels.jsonl")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("labels.jsonl: {e}"))?;
+        let file = v.get("file").and_then(|f| f.as_str()).ok_or("labels.jsonl: a line without file")?.to_string();
+        let flag = |k: &str| v.get(k).and_then(|b| b.as_bool());
+        let recipients = v.get("recipients").and_then(|r| r.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect::<Vec<_>>());
+        let mut bounce = flag("is_bounce").or(flag("bounced")).or(flag("permanent").map(|_| true)).or(recipients.as_ref().map(|r| !r.is_empty()));
+        if LABEL_NOT_BOUNCE.contains(&file.as_str()) {
+            bounce = Some(false);
+        } else if LABEL_IS_BOUNCE.contains(&file.as_str()) {
+            bounce = Some(true);
+        }
+        let hard = match v.get("std_reason").and_then(|r| r.as_str()) {
+            Some("user_unknown" | "domain_error") => Some(true),
+            Some("spam" | "over_quota" | "message_too_large") => Some(false),
+            _ => None,
+        };
+        let status = v.get("status").and_then(|s| s.as_str()).filter(|s| s.len() >= 5 && s.as_bytes()[1] == b'.').map(str::to_string);
+        out.push(ExtraLabel { path: dir.join(&file), file, recipients, permanent: flag("permanent"), bounce, hard, status });
+    }
+    Ok(out)
+}
+
+/// Agreement with an extra corpus; each figure counts only the messages labelled for it.
+#[derive(Debug, Default)]
+pub struct ExtraReport {
+    pub messages: usize,
+    /// Messages with expected addresses, and those whose answer holds every one of them.
+    pub with_recipients: usize,
+    pub recipients_ok: usize,
+    pub with_permanent: usize,
+    pub permanent_ok: usize,
+    pub with_hard: usize,
+    pub hard_ok: usize,
+    pub with_status: usize,
+    pub status_ok: usize,
+    pub bounces: usize,
+    pub bounces_found: usize,
+    /// Labelled as no bounce (auto-replies, challenges, plain mail) but reported as one.
+    pub false_bounces: Vec<String>,
+    /// Labelled bounces that name a recipient, answered without any.
+    pub no_recipient: Vec<String>,
+    pub errors: Vec<String>,
+    pub misses: Vec<String>,
+}
+
+pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
+    let mut r = ExtraReport::default();
+    for l in labels {
+        let got = match std::fs::read(&l.path).map_err(|e| e.to_string()).and_then(|b| classify(&b).map_err(|e| e.to_string())) {
+            Ok(c) => c,
+            Err(e) => {
+                r.errors.push(format!("{}: {e}", l.file));
+                continue;
+            }
+        };
+        r.messages += 1;
+        let is_bounce = got.kind == Kind::Bounce;
+        let mut miss = |what: String| r.misses.push(format!("{}: {what}", l.file));
+        let found: Vec<String> = got.recipients.iter().map(|g| g.address.to_ascii_lowercase()).collect();
+        let summary = || {
+            let rs: Vec<String> = got.recipients.iter().map(|g| format!("{} {} {}", g.address, g.reason.as_str(), g.status)).collect();
+            format!("{:?} [{}]", got.kind, rs.join(", "))
+        };
+        if let Some(want) = l.recipients.as_ref().filter(|w| !w.is_empty()) {
+            r.with_recipients += 1;
+            if want.iter().all(|w| found.contains(&w.to_ascii_lowercase())) {
+                r.recipients_ok += 1;
+            } else {
+                miss(format!("recipients {want:?}, got {}", summary()));
+            }
+            if !is_bounce || got.recipients.iter().all(|g| g.address.is_empty()) {
+                r.no_recipient.push(l.file.clone());
+            }
+        }
+        if let Some(p) = l.permanent {
+            r.with_permanent += 1;
+            // A delay notice may also be no bounce at all; a permanent failure must be one.
+            let ok = if p {
+                is_bounce && got.recipients.iter().any(|g| g.status.starts_with('5'))
+            } else {
+                !is_bounce || got.recipients.iter().all(|g| !g.status.starts_with('5'))
+            };
+            r.permanent_ok += usize::from(ok);
+            if !ok {
+                miss(format!("permanent {p}, got {}", summary()));
+            }
+        }
+        if let Some(h) = l.hard {
+            r.with_hard += 1;
+            let ok = is_bounce && got.recipients.iter().any(|g| g.hard_bounce) == h;
+            r.hard_ok += usize::from(ok);
+            if !ok {
+                miss(format!("hard {h}, got {}", summary()));
+            }
+        }
+        if let Some(s) = &l.status {
+            r.with_status += 1;
+            let ok = got.recipients.iter().any(|g| &g.status == s);
+            r.status_ok += usize::from(ok);
+            if !ok {
+                miss(format!("status {s}, got {}", summary()));
+            }
+        }
+        match l.bounce {
+            Some(true) => {
+                r.bounces += 1;
+                r.bounces_found += usize::from(is_bounce);
+                if !is_bounce {
+                    miss(format!("a bounce, got {}", summary()));
+                }
+            }
+            Some(false) if is_bounce => {
+                r.false_bounces.push(l.file.clone());
+                miss(format!("no bounce, got {}", summary()));
+            }
+            _ => {}
+        }
+    }
+    r
+}
