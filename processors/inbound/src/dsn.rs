@@ -43,9 +43,10 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "message delivery has failed", "delivery incomplete", "mail system error", "bounce",
     "delayed mail", "delivery delayed", "mail could not be delivered", "permanent error",
     "unable to deliver", "delivery final failure", "error sending message", "rejected:",
+    "non-delivery", "delivery warning", "failed mail", "message delayed",
 ];
 
-const BOUNCE_SENDERS: &[&str] = &["mailer-daemon", "postmaster", "mail delivery", "mail-daemon", "mailerdaemon"];
+const BOUNCE_SENDERS: &[&str] = &["mailer-daemon", "postmaster", "mail delivery", "mail-daemon", "mailerdaemon", "mdaemon"];
 
 /// Whether the message reports a delivery outcome (as opposed to a reply or a complaint).
 pub fn looks_like_bounce(msg: &Message) -> bool {
@@ -68,17 +69,43 @@ pub fn looks_like_bounce(msg: &Message) -> bool {
     if !(sender_says || subject_says || returns_original()) {
         return false;
     }
+    // A mail system's own address that returns the original is a report whatever its language.
+    if sender_says && returns_original() {
+        return true;
+    }
     let text = notification_text(msg).to_lowercase();
+    if sender_says && SYSTEM_FAILURE_WORDS.iter().any(|w| text.contains(w) || subject.contains(w)) {
+        return true;
+    }
     if sender_says || subject_says {
         return FAILURE_WORDS.iter().any(|w| text.contains(w));
     }
     PLAIN_FAILURE_WORDS.iter().any(|w| text.contains(w))
 }
 
+/// Words of a delay notice: the system still tries, nothing has failed for good yet.
+const DELAY_WORDS: &[&str] = &[
+    "not yet been delivered", "will continue to try", "will continue to attempt", "attempts will continue",
+    "will be retried", "will retry", "still trying", "just a warning", "advisory-only", "has been postponed",
+    "delivery delayed", "message delayed", "delivery has been delayed", "no action is required", "warning: message",
+];
+
+/// Words that say the system gave up, which outweigh the delay words quoted with them.
+const GAVE_UP_WORDS: &[&str] = &["giving up", "gave up", "not going to try again", "retry timeout exceeded", "will not be retried", "no further attempts"];
+
+/// Whether a report (its lowercased subject and text) is a delay notice rather than a failure.
+pub fn reads_as_delay(lower: &str) -> bool {
+    DELAY_WORDS.iter().any(|w| lower.contains(w)) && !GAVE_UP_WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// From a mail system's own address (mailer-daemon, postmaster), any of these says failure.
+const SYSTEM_FAILURE_WORDS: &[&str] = &["error", "fail", "returned", "reject", "undeliver", "not delivered", "unknown", "quota", "delay"];
+
 /// Statements that a message failed, specific enough to stand without a bounce sender or subject.
 const PLAIN_FAILURE_WORDS: &[&str] = &[
     "could not be delivered to", "was not delivered to", "delivery to the following recipients failed",
-    "undeliverable to", "permanent fatal errors", "had permanent delivery errors",
+    "undeliverable to", "permanent fatal errors", "had permanent delivery errors", "no such user",
+    "user unknown", "unknown user", "mailbox unavailable", "failed recipient",
 ];
 
 /// The first recipient named by the returned copy of the original message (its To header), for
@@ -114,7 +141,10 @@ const FAILURE_WORDS: &[&str] = &[
     "following address", "following recipient", "couldn't be delivered", "delivery has failed",
     "not be delivered", "remote host said", "error from remote", "transcript of session",
     "user unknown", "failure reasons", "could not deliver", "attempting to deliver",
-    "delivery report unavailable", "cannot send message",
+    "delivery report unavailable", "cannot send message", "failed recipient", "mailbox unavailable",
+    "requested action not taken", "no such user", "rejected your message", "was undeliverable",
+    "remote server returned", "message bounced", "following email address", "following user",
+    "has not yet been delivered", "delivery attempts will continue", "could not be sent",
 ];
 
 /// The human-readable report: text parts before the returned message, cut at the point where
@@ -233,7 +263,7 @@ fn parse_fields(text: &str, out: &mut Vec<Failure>, info: &mut ReportInfo) {
         let mut cur: Option<Failure> = None;
         // Fields met before the block names its recipient (some MTAs list Final-Recipient last).
         let mut early = Failure::default();
-        let mut has_final = false;
+        let (mut has_final, mut has_original) = (false, false);
         for h in &headers.0 {
             let v = h.value.trim();
             let target = match cur.as_mut() {
@@ -249,12 +279,14 @@ fn parse_fields(text: &str, out: &mut Vec<Failure>, info: &mut ReportInfo) {
                         continue;
                     }
                     let is_final = h.name == "final-recipient";
-                    // Original-Recipient may come first in a group; only a second Final-Recipient
-                    // starts the next group.
+                    let is_original = h.name == "original-recipient";
+                    // Original-Recipient may come first in a group; a second Final-Recipient or
+                    // a second Original-Recipient starts the next group.
                     let starts_new = match &cur {
                         None => true,
-                        Some(f) => is_final && has_final && f.address != addr,
+                        Some(f) => (is_final && has_final && f.address != addr) || (is_original && has_original),
                     };
+                    has_original = is_original || (has_original && !starts_new);
                     if starts_new {
                         if let Some(f) = cur.take() {
                             out.push(f);
@@ -263,7 +295,11 @@ fn parse_fields(text: &str, out: &mut Vec<Failure>, info: &mut ReportInfo) {
                         cur = Some(Failure { address: addr, ..first });
                         has_final = is_final;
                     } else if let Some(f) = cur.as_mut() {
-                        if is_final || f.address.is_empty() {
+                        // The address the sender wrote (Original-Recipient) is the one its send and
+                        // its suppression know; the final one only replaces it when it is no
+                        // internet address (X.400, a local mailbox name).
+                        let better = is_address(&addr) && (is_original || !is_address(&f.address));
+                        if better || f.address.is_empty() {
                             f.address = addr;
                         }
                         has_final |= is_final;
@@ -605,14 +641,16 @@ fn loose_addresses(text: &str, exclude: &[String]) -> Vec<String> {
         if !is_address(&addr) || context.contains("from:") || context.contains("from <") {
             continue;
         }
-        if !exclude.iter().any(|e| e.eq_ignore_ascii_case(&addr)) && !out.iter().any(|o| o.eq_ignore_ascii_case(&addr)) {
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(&addr)) {
             out.push(addr);
         }
         if out.len() >= 16 {
             break;
         }
     }
-    out
+    // The sender's own address, as in `from_text`: dropped unless it is all there is.
+    let kept: Vec<String> = out.iter().filter(|a| !exclude.iter().any(|e| e.eq_ignore_ascii_case(a))).cloned().collect();
+    if kept.is_empty() { out } else { kept }
 }
 
 fn first_address(s: &str) -> Option<String> {

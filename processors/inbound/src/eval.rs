@@ -275,7 +275,7 @@ pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
         let mut miss = |what: String| r.misses.push(format!("{}: {what}", l.file));
         let found: Vec<String> = got.recipients.iter().map(|g| g.address.to_ascii_lowercase()).collect();
         let summary = || {
-            let rs: Vec<String> = got.recipients.iter().map(|g| format!("{} {} {}", g.address, g.reason.as_str(), g.status)).collect();
+            let rs: Vec<String> = got.recipients.iter().map(|g| format!("{} {} {}{}", g.address, g.reason.as_str(), g.status, if g.permanent { "" } else { " (delay)" })).collect();
             format!("{:?} [{}]", got.kind, rs.join(", "))
         };
         if let Some(want) = l.recipients.as_ref().filter(|w| !w.is_empty()) {
@@ -293,9 +293,9 @@ pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
             r.with_permanent += 1;
             // A delay notice may also be no bounce at all; a permanent failure must be one.
             let ok = if p {
-                is_bounce && got.recipients.iter().any(|g| g.status.starts_with('5'))
+                is_bounce && got.recipients.iter().any(|g| g.permanent)
             } else {
-                !is_bounce || got.recipients.iter().all(|g| !g.status.starts_with('5'))
+                !is_bounce || got.recipients.iter().all(|g| !g.permanent)
             };
             r.permanent_ok += usize::from(ok);
             if !ok {

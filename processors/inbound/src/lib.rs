@@ -73,6 +73,8 @@ pub struct Recipient {
     pub reply_code: String,
     pub reason: Reason,
     pub hard_bounce: bool,
+    /// Delivery ended (`true`), or the report is a delay notice and the system still tries.
+    pub permanent: bool,
     pub action: Option<String>,
     pub remote_mta: Option<String>,
     pub diagnostic: String,
@@ -173,7 +175,7 @@ fn classify_message(msg: &mime::Message) -> Classification {
         if !failures.is_empty() {
             let single = failures.len() == 1;
             c.kind = Kind::Bounce;
-            c.recipients = failures.into_iter().map(|f| to_recipient(f, single.then_some(""), reporting_mta.as_deref())).collect();
+            c.recipients = failures.into_iter().map(|f| to_recipient(f, single.then_some(""), reporting_mta.as_deref(), false)).collect();
             c.reporting_mta = reporting_mta;
             return c;
         }
@@ -182,7 +184,7 @@ fn classify_message(msg: &mime::Message) -> Classification {
         let reporter = msg.headers.get("from").map(dsn::header_addresses).unwrap_or_default();
         let reporter = reporter.first().and_then(|a| a.rsplit_once('@')).map(|(_, d)| d.to_string());
         c.kind = Kind::Bounce;
-        c.recipients = failures.into_iter().map(|f| to_recipient(f, None, reporter.as_deref())).collect();
+        c.recipients = failures.into_iter().map(|f| to_recipient(f, None, reporter.as_deref(), false)).collect();
         return c;
     }
     if dsn::looks_like_bounce(msg) {
@@ -207,6 +209,7 @@ fn classify_message(msg: &mime::Message) -> Classification {
                 reply_code: String::new(),
                 reason: Reason::Vacation,
                 hard_bounce: false,
+                permanent: false,
                 action: None,
                 remote_mta: None,
                 diagnostic: msg.headers.get("subject").unwrap_or("").to_string(),
@@ -239,6 +242,7 @@ fn complaint_recipients(msg: &mime::Message, fb: &Feedback) -> Vec<Recipient> {
             reply_code: String::new(),
             reason: Reason::Feedback,
             hard_bounce: false,
+            permanent: false,
             action: None,
             remote_mta: None,
             diagnostic: fb.feedback_type.clone(),
@@ -265,6 +269,8 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
             }
         }
     }
+    let subject = msg.headers.get("subject").unwrap_or("");
+    let delay = dsn::reads_as_delay(&format!("{subject}\n{notification}").to_lowercase());
     let from_text = dsn::from_text(&notification, &exclude);
     let (mut failures, info) = dsn::from_delivery_status(msg);
     // Without a Reporting-MTA field, the report's sender names the system that wrote it.
@@ -309,7 +315,7 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
         if let Some(address) = dsn::original_recipient(msg) {
             let diagnostic = dsn::collapse(&notification);
             let f = dsn::Failure { address, command: dsn::find_command(&diagnostic.to_ascii_lowercase()), diagnostic, ..Default::default() };
-            let mut r = to_recipient(f, Some(&notification), reporter.as_deref());
+            let mut r = to_recipient(f, Some(&notification), reporter.as_deref(), delay);
             // Named only by the returned copy: the report says nothing that holds for it.
             if r.reason == Reason::OnHold {
                 r.reason = Reason::Undefined;
@@ -326,12 +332,14 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
     let single = failures.len() == 1;
     let recipients = failures
         .into_iter()
-        .map(|f| to_recipient(f, single.then_some(notification.as_str()), reporter.as_deref()))
+        .map(|f| to_recipient(f, single.then_some(notification.as_str()), reporter.as_deref(), delay))
         .collect();
     (recipients, info.reporting_mta)
 }
 
-fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&str>) -> Recipient {
+/// `delay`: the report as a whole reads as a delay notice (its DSN action, where it has one,
+/// decides for the recipient).
+fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&str>, delay: bool) -> Recipient {
     // A generic x.0.0 or x.1.0 in the DSN field, or the reporter's own x.4.7 "delivery time
     // expired" summary, loses to the specific code quoted from the remote server (the cause of
     // the last attempt); the words from that code on are the remote server's, the ones before it
@@ -377,10 +385,15 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
     if reason == Reason::OnHold && f.status_comment.is_empty() && notification.is_some_and(|n| only_lists(n, &f.diagnostic, &f.address)) {
         reason = Reason::Undefined;
     }
+    let permanent = match f.action.as_deref() {
+        Some("failed") => true,
+        Some("delayed" | "relayed" | "delivered" | "expanded") => false,
+        _ => !delay && !dsn::reads_as_delay(&lower),
+    };
     let temporary = status.as_deref().map_or_else(
         || {
-            reply_code.as_deref().is_some_and(|c| c.starts_with('4'))
-                || matches!(f.action.as_deref(), Some("delayed"))
+            !permanent
+                || reply_code.as_deref().is_some_and(|c| c.starts_with('4'))
                 || ["temporary failure", "will be retried", "temporary error", "temporarily"].iter().any(|w| lower.contains(w))
         },
         |s| s.starts_with('4'),
@@ -389,7 +402,8 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
     // A reply code of the other class (554 quoted in a 4.x.x report) belongs to another attempt.
     let reply_code = reply_code.filter(|c| !matches!((c.as_bytes().first(), status.as_bytes().first()), (Some(b'4'), Some(b'5')) | (Some(b'5'), Some(b'4'))));
     Recipient {
-        hard_bounce: reason.is_hard(&status),
+        hard_bounce: permanent && reason.is_hard(&status),
+        permanent,
         address: f.address,
         status,
         reply_code: reply_code.unwrap_or_default(),

@@ -40,7 +40,11 @@ fn original_then_final_recipient_is_one_recipient() {
     let raw = dsn("Original-Recipient: rfc822; alias@example.org\nFinal-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 5.1.1\n");
     let c = classify(&raw).unwrap();
     assert_eq!(c.recipients.len(), 1);
-    assert_eq!(c.recipients[0].address, "a@example.org");
+    // The address the sender wrote: its send and its suppression entry know that one.
+    assert_eq!(c.recipients[0].address, "alias@example.org");
+    let x400 = dsn("Final-Recipient: x400; /S=a/OU=example/C=GB/\nOriginal-Recipient: rfc822; a@example.uk\nAction: failed\nStatus: 5.1.1\n\nOriginal-Recipient: rfc822; b@example.uk\nFinal-Recipient: rfc822; b@local\nAction: failed\nStatus: 5.1.1\n");
+    let got: Vec<String> = classify(&x400).unwrap().recipients.into_iter().map(|r| r.address).collect();
+    assert_eq!(got, ["a@example.uk", "b@example.uk"]);
 }
 
 #[test]
@@ -236,4 +240,41 @@ This is a permanent error; I've given up. Sorry it didn't work out.\n\n<a@exampl
     assert_eq!(classify(&qmail("Unable to deliver: mailbox is full")).unwrap().recipients[0].reason, Reason::MailboxFull);
     let other = String::from_utf8_lossy(&qmail("Unable to deliver message after multiple retries, giving up.")).replace("failure notice", "Undelivered Mail");
     assert_ne!(classify(other.as_bytes()).unwrap().recipients[0].reason, Reason::SystemError);
+}
+
+#[test]
+fn delay_notices_are_not_permanent_and_giving_up_is() {
+    let warning = b"From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\nTo: sender@example.com\nSubject: Warning: message 1x delayed 24 hours\n\n\
+A message that you sent has not yet been delivered to all its recipients after more than 24 hours.\n\
+The address to which the message has not yet been delivered is:\n\n  someone@example.org\n\n\
+No action is required on your part. Delivery attempts will continue for some time.\n";
+    let c = classify(warning).unwrap();
+    assert_eq!(c.kind, Kind::Bounce);
+    let r = &c.recipients[0];
+    assert_eq!(r.address, "someone@example.org");
+    assert!(!r.permanent && !r.hard_bounce && r.status.starts_with('4'), "{r:?}");
+
+    // A temporary code of the last attempt, but the system gave up: delivery has ended.
+    let gave_up = b"From: MAILER-DAEMON@mx.example.net\nTo: sender@example.com\nSubject: failure delivery\n\n\
+Unable to deliver message to the following address(es).\n\n<someone@example.org>:\n\
+Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\nI'm not going to try again; this message has been in the queue too long.\n";
+    let r = &classify(gave_up).unwrap().recipients[0];
+    assert!(r.permanent && !r.hard_bounce, "{r:?}");
+    assert_eq!(r.status, "4.4.1");
+
+    let dsn_failed = dsn("Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 4.4.7\n");
+    assert!(classify(&dsn_failed).unwrap().recipients[0].permanent);
+    let dsn_delayed = dsn("Final-Recipient: rfc822; a@example.org\nAction: delayed\nStatus: 4.4.7\n");
+    assert!(!classify(&dsn_delayed).unwrap().recipients[0].permanent);
+}
+
+#[test]
+fn a_mail_system_returning_the_original_is_a_bounce_in_any_language() {
+    let raw = "From: MAILER-DAEMON@mail.example.cn\nTo: list-admin@example.org\nSubject: =?gb2312?B?08q8/reiy83Kp7Dco6E=?=\n\
+MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b\"\n\n--b\nContent-Type: text/plain; charset=utf-8\n\n\
+邮件无法发送到您指定的地址中。\n\n<someone@example.cn>:\n\n--b\nContent-Type: message/rfc822\n\n\
+From: list-admin@example.org\nTo: someone@example.cn\nSubject: hi\n\nhello\n--b--\n";
+    let c = classify(raw.as_bytes()).unwrap();
+    assert_eq!(c.kind, Kind::Bounce);
+    assert_eq!(c.recipients[0].address, "someone@example.cn");
 }

@@ -43,11 +43,12 @@ pub fn inbound_events(
             .iter()
             .enumerate()
             .filter(|(_, r)| r.reason != Reason::Delivered && !r.address.is_empty())
+            // A delay notice is a deferral: it counts toward no bounce rate or soft-bounce limit.
             .map(|(i, r)| Event {
-                bounce_class: Some(if r.hard_bounce { BounceClass::Hard } else { BounceClass::Soft }),
+                bounce_class: r.permanent.then_some(if r.hard_bounce { BounceClass::Hard } else { BounceClass::Soft }),
                 status: (!r.status.is_empty()).then(|| r.status.clone()),
                 reason: Some(bounce_reason(r)),
-                ..event(i, EventType::Bounced, &r.address)
+                ..event(i, if r.permanent { EventType::Bounced } else { EventType::Deferred }, &r.address)
             })
             .collect(),
         Kind::Complaint => {
@@ -159,4 +160,24 @@ impl InboundRunner {
 
 fn event_message(e: &Event) -> Message {
     Message { key: e.bus_key(), payload: mailpipe_schemas::Envelope::encode(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events_of(raw: &str) -> Vec<Event> {
+        let envelope = InboundEnvelope { v: 1, inbound_id: uuid::Uuid::nil(), tenant: "acme".into(), received_at: Utc::now() };
+        inbound_events(&envelope, &classify(raw.as_bytes()).expect("classifies"), &|_| None)
+    }
+
+    #[test]
+    fn a_delay_notice_is_a_deferral_and_a_failure_a_bounce() {
+        let head = "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\nTo: sender@example.com\n";
+        let delay = events_of(&format!("{head}Subject: Warning: message delayed 2 days\n\nThe message has not yet been delivered to the following addresses:\n\n  <a@example.org>\n\nDelivery attempts will continue for some time.\n"));
+        assert_eq!(delay.len(), 1);
+        assert_eq!((delay[0].event_type, delay[0].bounce_class, delay[0].recipient.as_str()), (EventType::Deferred, None, "a@example.org"));
+        let failed = events_of(&format!("{head}Subject: Undelivered Mail Returned to Sender\n\nThis message could not be delivered to the following recipients:\n\n<a@example.org>: 550 5.1.1 user unknown\n"));
+        assert_eq!((failed[0].event_type, failed[0].bounce_class), (EventType::Bounced, Some(BounceClass::Hard)));
+    }
 }
