@@ -53,3 +53,33 @@ mod tests {
         assert!(InboundEnvelope::decode(b"garbage").is_err());
     }
 }
+
+/// How many independent signals stand behind a classified bounce's verdict, read from its
+/// reason (`userunknown [status+reply_code+wording]: 550 ...`, as the inbound classifier writes
+/// it; the signals are `format`, `status`, `reply_code` and `wording`). `None` for a reason
+/// written any other way, such as a sending node's own diagnostic.
+pub fn verdict_signals(reason: &str) -> Option<usize> {
+    let (head, _) = reason.split_once("]").filter(|(h, _)| !h.contains(':'))?;
+    let (word, list) = head.split_once(" [")?;
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    let known = ["format", "status", "reply_code", "wording"];
+    let signals: Vec<&str> = list.split('+').filter(|s| !s.is_empty()).collect();
+    signals.iter().all(|s| known.contains(s)).then_some(signals.len())
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::verdict_signals;
+
+    #[test]
+    fn signals_are_read_from_classified_reasons_only() {
+        assert_eq!(verdict_signals("userunknown [status+reply_code+wording]: 550 5.1.1 no such user"), Some(3));
+        assert_eq!(verdict_signals("userunknown [wording]: mailbox gone"), Some(1));
+        assert_eq!(verdict_signals("onhold []: nothing said"), Some(0));
+        assert_eq!(verdict_signals("550 5.1.1 [no such user]"), None);
+        assert_eq!(verdict_signals("user unknown [status]"), None);
+        assert_eq!(verdict_signals("userunknown [guess]: x"), None);
+    }
+}

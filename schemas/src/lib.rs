@@ -8,4 +8,4 @@ mod rfc3339;
 
 pub use arrow::{arrow_schema, COLUMNS};
 pub use event::{derived_id, BounceClass, Envelope, Event, EventType, Provider, SCHEMA_VERSION, UNMATCHED_CAMPAIGN};
-pub use inbound::{InboundEnvelope, INBOUND_MAX_BYTES};
+pub use inbound::{verdict_signals, InboundEnvelope, INBOUND_MAX_BYTES};

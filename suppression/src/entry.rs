@@ -185,12 +185,14 @@ pub enum Op {
 /// Whether a hard bounce's status says the address itself is bad (RFC 3463: 5.1.x is a bad
 /// destination mailbox address, 5.2.1 a disabled mailbox). A hard bounce for any other cause
 /// (policy, content, a full mailbox taken for hard) is doubtful. A bounce reported by a
-/// sending node without a status is its own verdict, and trusted.
-pub fn confident_hard_bounce(status: Option<&str>) -> bool {
-    match status {
+/// sending node without a status is its own verdict, and trusted. A bounce mailpipe classified
+/// itself also needs two independent signals behind the verdict (its reason says which).
+pub fn confident_hard_bounce(status: Option<&str>, reason: Option<&str>) -> bool {
+    let status_ok = match status {
         None => true,
         Some(s) => s.starts_with("5.1.") || s == "5.2.1",
-    }
+    };
+    status_ok && reason.and_then(mailpipe_schemas::verdict_signals).is_none_or(|n| n >= 2)
 }
 
 impl Entry {
@@ -250,7 +252,7 @@ impl Entry {
         let change = |reason, stream, expires_at, doubtful, provenance| Change { id, action: Action::Suppressed, reason, stream, at, expires_at, doubtful, provenance };
         match (event.event_type, event.bounce_class) {
             (EventType::Bounced, Some(BounceClass::Hard)) => {
-                let confident = confident_hard_bounce(event.status.as_deref());
+                let confident = confident_hard_bounce(event.status.as_deref(), event.reason.as_deref());
                 let expires = (!confident).then(|| at + Duration::days(DOUBTFUL_HARD_BOUNCE_DAYS));
                 let provenance = Provenance { status: event.status.clone(), diagnostic: event.reason.clone(), ..provenance };
                 self.suppress(change(Reason::HardBounce, None, expires, !confident, provenance))
@@ -383,6 +385,15 @@ mod tests {
         let e = e.on_event(&bounce(2, BounceClass::Hard, Some("5.1.1"), 1), POLICY).unwrap();
         assert_eq!(e.active.len(), 1);
         assert_eq!(e.active[0].expires_at, None);
+    }
+
+    #[test]
+    fn a_classified_hard_bounce_with_one_signal_is_doubtful() {
+        let classified = |n, reason: &str| Event { reason: Some(reason.into()), ..bounce(n, BounceClass::Hard, Some("5.1.1"), 0) };
+        let one = Entry::new("t", "a").on_event(&classified(1, "userunknown [wording]: mailbox gone"), POLICY).unwrap();
+        assert!(one.made.unwrap().doubtful, "one signal");
+        let two = Entry::new("t", "a").on_event(&classified(2, "userunknown [status+wording]: 550 5.1.1 mailbox gone"), POLICY).unwrap();
+        assert!(!two.made.unwrap().doubtful, "two signals");
     }
 
     #[test]

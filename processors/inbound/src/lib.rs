@@ -75,6 +75,10 @@ pub struct Recipient {
     pub hard_bounce: bool,
     /// Delivery ended (`true`), or the report is a delay notice and the system still tries.
     pub permanent: bool,
+    /// The independent signals that agree with the verdict (`hard_bounce` and `reason`): a
+    /// format or provider rule, the status code, the reply code, the wording. Two or more make
+    /// a confident verdict (see [`Recipient::confident`]).
+    pub signals: Vec<reasons::Signal>,
     pub action: Option<String>,
     pub remote_mta: Option<String>,
     pub diagnostic: String,
@@ -210,6 +214,7 @@ fn classify_message(msg: &mime::Message) -> Classification {
                 reason: Reason::Vacation,
                 hard_bounce: false,
                 permanent: false,
+                signals: Vec::new(),
                 action: None,
                 remote_mta: None,
                 diagnostic: msg.headers.get("subject").unwrap_or("").to_string(),
@@ -243,6 +248,7 @@ fn complaint_recipients(msg: &mime::Message, fb: &Feedback) -> Vec<Recipient> {
             reason: Reason::Feedback,
             hard_bounce: false,
             permanent: false,
+            signals: vec![reasons::Signal::Format],
             action: None,
             remote_mta: None,
             diagnostic: fb.feedback_type.clone(),
@@ -373,6 +379,7 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
             remote: f.remote_mta.as_deref(),
         })
     };
+    let format_rule = f.reason.is_some();
     let mut reason = f.reason.unwrap_or_else(|| decide(&lower));
     // Nothing specific in the recipient's own lines: the report's preface may say more.
     if matches!(reason, Reason::OnHold | Reason::Undefined) {
@@ -398,12 +405,30 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
         },
         |s| s.starts_with('4'),
     );
+    let pseudo = status.is_none();
     let status = status.unwrap_or_else(|| reasons::pseudo_status(reason, temporary));
     // A reply code of the other class (554 quoted in a 4.x.x report) belongs to another attempt.
     let reply_code = reply_code.filter(|c| !matches!((c.as_bytes().first(), status.as_bytes().first()), (Some(b'4'), Some(b'5')) | (Some(b'5'), Some(b'4'))));
+    let hard_bounce = permanent && reason.is_hard(&status);
+    let signals = reasons::signals(
+        &reasons::Evidence {
+            text: &lower,
+            status: Some(status.as_str()),
+            reply_code: reply_code.as_deref().filter(|c| !c.is_empty()),
+            action: f.action.as_deref(),
+            command: f.command,
+            diagnostic_type: f.diagnostic_type.as_deref(),
+            reporter,
+            remote: f.remote_mta.as_deref(),
+        },
+        format_rule,
+        hard_bounce,
+        pseudo,
+    );
     Recipient {
-        hard_bounce: permanent && reason.is_hard(&status),
+        hard_bounce,
         permanent,
+        signals,
         address: f.address,
         status,
         reply_code: reply_code.unwrap_or_default(),
@@ -421,6 +446,14 @@ fn only_lists(notification: &str, diagnostic: &str, address: &str) -> bool {
     let before = notification[..at].trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '-' | '<' | '"'));
     let after = &notification[at + address.len()..];
     before.ends_with(':') && !after.contains(char::is_alphanumeric) && !diagnostic.replace(address, "").contains(char::is_alphanumeric)
+}
+
+impl Recipient {
+    /// Two or more independent signals agree with the verdict: what the suppression list asks
+    /// of a hard bounce before it suppresses for good.
+    pub fn confident(&self) -> bool {
+        self.signals.len() >= 2
+    }
 }
 
 fn original_part(msg: &mime::Message) -> Option<&mime::Part> {

@@ -244,6 +244,75 @@ pub fn from_status(status: &str) -> Option<Reason> {
     Some(r)
 }
 
+/// Reason implied by an SMTP reply code alone (RFC 5321 4.2.2), for reports with no enhanced
+/// code and no wording that names a cause. The generic codes (450, 451, 550, 554: "mailbox
+/// unavailable", "transaction failed") name no cause, which servers answer for anything.
+pub fn from_reply_code(code: &str) -> Option<Reason> {
+    use Reason::*;
+    Some(match code {
+        "421" => SystemError,
+        "452" => SystemFull,
+        "551" => NoRelaying,
+        "552" => MailboxFull,
+        "553" => SyntaxError,
+        _ => return None,
+    })
+}
+
+/// A signal that bears on a verdict, independent of the others: how a verdict was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// A rule for one report format or provider (its own fields or wording).
+    Format,
+    /// The enhanced status code (RFC 3463 class and subject).
+    Status,
+    /// The SMTP reply code.
+    ReplyCode,
+    /// The diagnostic's generic wording.
+    Wording,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Format => "format",
+            Signal::Status => "status",
+            Signal::ReplyCode => "reply_code",
+            Signal::Wording => "wording",
+        }
+    }
+}
+
+/// The signals that agree with a verdict (hard or not), in the order format, status, reply
+/// code, wording. `format` says a format or provider rule decided the reason; the others count
+/// when what they imply alone has the verdict's hardness (or, for a soft verdict, is temporary).
+pub fn signals(ev: &Evidence<'_>, format_rule: bool, hard: bool, pseudo_status: bool) -> Vec<Signal> {
+    let agrees = |r: Option<Reason>, status: &str| r.map(|r| r.is_hard(status) == hard);
+    let status = ev.status.filter(|_| !pseudo_status);
+    let mut out = Vec::new();
+    if format_rule || crate::providers::reason(ev).is_some() || crate::keywords::local_agent(ev.text).is_some() {
+        out.push(Signal::Format);
+    }
+    if let Some(s) = status {
+        if agrees(from_status(s), s).unwrap_or(!hard && s.starts_with('4')) {
+            out.push(Signal::Status);
+        }
+    }
+    let s = status.unwrap_or("5");
+    if let Some(code) = ev.reply_code {
+        // 550 and 553 name the mailbox ("unavailable", "name not allowed"): they bear out a
+        // verdict that the address is bad, though alone they would not make it.
+        if agrees(from_reply_code(code), s).unwrap_or(!hard && code.starts_with('4')) || (hard && matches!(code, "550" | "553")) {
+            out.push(Signal::ReplyCode);
+        }
+    }
+    if agrees(crate::keywords::match_text(ev.text, ev.command), s) == Some(true) {
+        out.push(Signal::Wording);
+    }
+    out
+}
+
 /// Codes specific enough that the wording should not override them.
 fn status_is_decisive(status: &str) -> bool {
     let rest = status.split_once('.').map_or("", |(_, r)| r);
@@ -363,6 +432,9 @@ fn decide_raw(ev: &Evidence<'_>) -> Reason {
     }
     if matches!(ev.command, Some("EHLO") | Some("HELO")) {
         return Reason::Blocked;
+    }
+    if let Some(r) = ev.reply_code.and_then(from_reply_code) {
+        return r;
     }
     if ev.text.is_empty() {
         Reason::Undefined

@@ -73,10 +73,13 @@ pub fn inbound_events(
     }
 }
 
-/// A bounce's reason: the classified reason, then the MTA's own diagnostic (what the
-/// suppression list shows as provenance), within the 1,000 bytes of an event field.
+/// A bounce's reason: the classified reason, the signals that agree with the verdict in
+/// brackets, then the MTA's own diagnostic (what the suppression list shows as provenance),
+/// within the 1,000 bytes of an event field: `userunknown [status+reply_code+wording]: 550 ...`.
+/// `mailpipe_schemas::verdict_signals` reads the brackets back.
 fn bounce_reason(r: &mailpipe_inbound::Recipient) -> String {
-    let mut reason = r.reason.as_str().to_string();
+    let signals: Vec<&str> = r.signals.iter().map(|s| s.as_str()).collect();
+    let mut reason = format!("{} [{}]", r.reason.as_str(), signals.join("+"));
     let diagnostic = r.diagnostic.trim();
     if !diagnostic.is_empty() {
         reason.push_str(": ");
@@ -179,5 +182,9 @@ mod tests {
         assert_eq!((delay[0].event_type, delay[0].bounce_class, delay[0].recipient.as_str()), (EventType::Deferred, None, "a@example.org"));
         let failed = events_of(&format!("{head}Subject: Undelivered Mail Returned to Sender\n\nThis message could not be delivered to the following recipients:\n\n<a@example.org>: 550 5.1.1 user unknown\n"));
         assert_eq!((failed[0].event_type, failed[0].bounce_class), (EventType::Bounced, Some(BounceClass::Hard)));
+        // The status, the reply code and the wording all say the address is bad.
+        let reason = failed[0].reason.as_deref().unwrap();
+        assert!(reason.starts_with("userunknown [status+reply_code+wording]: "), "{reason}");
+        assert_eq!(mailpipe_schemas::verdict_signals(reason), Some(3));
     }
 }
