@@ -160,7 +160,8 @@ pub fn notification_text(msg: &Message) -> String {
                 out.push_str(cut_at_original(&part.text));
                 out.push('\n');
             }
-            "text/html" if out.trim().is_empty() => {
+            // A plain part that is only a signature or a blank stands for the HTML one.
+            "text/html" if out.split_whitespace().map(str::len).sum::<usize>() < 80 => {
                 out.push_str(&strip_html(cut_at_original(&part.text)));
                 out.push('\n');
             }
@@ -212,7 +213,7 @@ fn cut_at_original(text: &str) -> &str {
             || line.starts_with("Message-Id:")
             || line.starts_with("DKIM-Signature:")
             || line.starts_with("X-Received:");
-        let phrase = l.starts_with("original message follows")
+        let phrase = (l.starts_with("original message") && (l.ends_with(':') || l.contains("follow")))
             || l == "original message headers:"
             || l.starts_with("message headers follow")
             || l == "original message:";
@@ -602,8 +603,10 @@ fn recipient_on_line(line: &str) -> Option<(String, LineKind)> {
         return None;
     }
     let t = t.trim_start_matches(|c: char| matches!(c, '>' | '*' | '-' | '\u{2022}' | '#')).trim_start();
+    // Also in a quoted copy of the original (">Return-Path: <sender>").
+    let quoted_start = t.get(..t.len().min(16)).unwrap_or("").to_ascii_lowercase();
     for header in ["to:", "from:", "cc:", "sender:", "reply-to:", "return-path:", "mail from:", ">>> mail from:"] {
-        if lower_start.starts_with(header) {
+        if lower_start.starts_with(header) || quoted_start.starts_with(header) {
             return None;
         }
     }
@@ -634,8 +637,9 @@ fn loose_addresses(text: &str, exclude: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let lower = text.to_ascii_lowercase();
     for (i, _) in text.match_indices('@') {
-        let start = text[..i].rfind(|c: char| c.is_whitespace() || matches!(c, '<' | '(' | '"' | ':' | '[' | ',' | '\'')).map_or(0, |p| p + 1);
-        let end = text[i..].find(|c: char| c.is_whitespace() || matches!(c, '>' | ')' | '"' | ',' | ']' | '\'')).map_or(text.len(), |p| i + p);
+        // `=` and `;` delimit X.400 forms of an address ("c=US;...;dda:SMTP=a@example.com;").
+        let start = text[..i].rfind(|c: char| c.is_whitespace() || matches!(c, '<' | '(' | '"' | ':' | '[' | ',' | '\'' | '=' | ';')).map_or(0, |p| p + 1);
+        let end = text[i..].find(|c: char| c.is_whitespace() || matches!(c, '>' | ')' | '"' | ',' | ']' | '\'' | ';')).map_or(text.len(), |p| i + p);
         let addr = clean_address(&text[start..end]);
         let context = lower.get(start.saturating_sub(12)..start).unwrap_or("");
         if !is_address(&addr) || context.contains("from:") || context.contains("from <") {

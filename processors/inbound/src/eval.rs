@@ -198,6 +198,9 @@ pub struct ExtraLabel {
     pub recipients: Option<Vec<String>>,
     /// A permanent failure (`true`) or a delay/warning (`false`).
     pub permanent: Option<bool>,
+    /// `permanent` is a status class (5 or 4), as bounce_email's `type` labels are (its README:
+    /// the type follows from the code's first digit), not whether delivery ended.
+    pub permanent_is_class: bool,
     /// A bounce or delay notice at all (`false`: auto-replies, challenges, plain mail).
     pub bounce: Option<bool>,
     /// The address itself is bad (from BounceParser's `std_reason`: user_unknown and
@@ -232,7 +235,8 @@ pub fn load_extra(dir: &Path) -> Result<Vec<ExtraLabel>, String> {
             _ => None,
         };
         let status = v.get("status").and_then(|s| s.as_str()).filter(|s| s.len() >= 5 && s.as_bytes()[1] == b'.').map(str::to_string);
-        out.push(ExtraLabel { path: dir.join(&file), file, recipients, permanent: flag("permanent"), bounce, hard, status });
+        let permanent_is_class = v.get("type").is_some();
+        out.push(ExtraLabel { path: dir.join(&file), file, recipients, permanent: flag("permanent"), permanent_is_class, bounce, hard, status });
     }
     Ok(out)
 }
@@ -289,7 +293,14 @@ pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
                 r.no_recipient.push(l.file.clone());
             }
         }
-        if let Some(p) = l.permanent {
+        if let Some(p) = l.permanent.filter(|_| l.permanent_is_class) {
+            r.with_permanent += 1;
+            let ok = is_bounce && got.recipients.iter().any(|g| g.status.starts_with(if p { '5' } else { '4' }));
+            r.permanent_ok += usize::from(ok);
+            if !ok {
+                miss(format!("permanent (status class) {p}, got {}", summary()));
+            }
+        } else if let Some(p) = l.permanent {
             r.with_permanent += 1;
             // A delay notice may also be no bounce at all; a permanent failure must be one.
             let ok = if p {
@@ -326,7 +337,8 @@ pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
                     miss(format!("a bounce, got {}", summary()));
                 }
             }
-            Some(false) if is_bounce => {
+            // A delay notice (a deferral, all recipients still being tried) is no bounce either.
+            Some(false) if is_bounce && got.recipients.iter().any(|g| g.permanent) => {
                 r.false_bounces.push(l.file.clone());
                 miss(format!("no bounce, got {}", summary()));
             }

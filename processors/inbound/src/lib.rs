@@ -110,7 +110,9 @@ pub fn classify_with_limit(raw: &[u8], limit: usize) -> Result<Classification, I
         return Err(InboundError::Empty);
     }
     let data = mime::normalize_newlines(raw);
-    let mut messages = mbox_messages(&data).into_iter();
+    // Saved copies sometimes begin with blank lines before the header.
+    let data = &data[data.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0)..];
+    let mut messages = mbox_messages(data).into_iter();
     let mut c = classify_message(&mime::parse(messages.next().unwrap_or_default()));
     for more in messages {
         let next = classify_message(&mime::parse(more));
@@ -193,7 +195,16 @@ fn classify_message(msg: &mime::Message) -> Classification {
     }
     if dsn::looks_like_bounce(msg) {
         let (recipients, reporting_mta) = bounce_recipients(msg);
-        if !recipients.is_empty() {
+        // A report that names no recipient is still no reply from the system that wrote it.
+        // A challenge-response system holding the message until the sender proves itself wrote
+        // it, shaped like a report: the mail was not refused, and nothing failed for good.
+        let held = recipients.iter().all(|r| r.status.starts_with('4')) && reply::challenge(msg);
+        if held {
+            c.kind = Kind::AutoReply;
+            c.auto_reply_signal = Some("challenge-response".into());
+            return c;
+        }
+        if !recipients.is_empty() || reply::auto_reply_signal(msg).is_none() {
             c.kind = Kind::Bounce;
             c.recipients = recipients;
             c.reporting_mta = reporting_mta;
@@ -316,6 +327,11 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
             .into_iter()
             .map(|address| dsn::Failure { address, diagnostic: dsn::collapse(&notification), ..Default::default() })
             .collect();
+    }
+    if failures.is_empty() {
+        // "DELIVERY FAILURE: User foo (foo@example.com) not listed": the subject names it.
+        let named = msg.headers.get("subject").map(|s| dsn::from_text(s, &exclude)).unwrap_or_default();
+        failures = named.into_iter().map(|f| dsn::Failure { diagnostic: dsn::collapse(&format!("{subject}\n{notification}")), ..f }).collect();
     }
     if failures.is_empty() {
         if let Some(address) = dsn::original_recipient(msg) {

@@ -98,6 +98,22 @@ const AUTO_SUBJECTS: &[&str] = &[
     "自動返信", "自动回复", "休暇",
 ];
 
+/// Wording of challenge-response systems, which hold mail until its sender confirms.
+const CHALLENGE_WORDS: &[&str] = &[
+    "not pre-approved", "guest list", "prove you are human", "verify that you are a human", "challenge-response",
+    "challenge/response", "confirm that you are a real person", "sender verification required",
+];
+
+/// Whether the message is a challenge-response system's request that the sender confirm.
+pub fn challenge(msg: &Message) -> bool {
+    let text = crate::dsn::notification_text(msg).to_lowercase();
+    let diagnostic = msg.parts.iter().filter(|p| p.content_type == "message/delivery-status").any(|p| {
+        let l = p.text.to_lowercase();
+        CHALLENGE_WORDS.iter().any(|w| l.contains(w))
+    });
+    diagnostic || CHALLENGE_WORDS.iter().any(|w| text.contains(w))
+}
+
 /// Why a message is judged automatic, if it is: the header or wording that says so.
 pub fn auto_reply_signal(msg: &Message) -> Option<String> {
     let h = &msg.headers;
