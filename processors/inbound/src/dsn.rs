@@ -260,7 +260,8 @@ fn parse_fields(text: &str, out: &mut Vec<Failure>, info: &mut ReportInfo) {
     // Some reports put the per-recipient groups inside a nested header-like block that is
     // folded; unfold by reusing the header parser on each paragraph.
     for block in text.split("\n\n") {
-        let (headers, _) = split_headers(block.as_bytes());
+        // Groups parted by more than one blank line: the block starts with the extra ones.
+        let (headers, _) = split_headers(block.trim_start_matches('\n').as_bytes());
         let mut cur: Option<Failure> = None;
         // Fields met before the block names its recipient (some MTAs list Final-Recipient last).
         let mut early = Failure::default();
@@ -554,11 +555,16 @@ pub fn from_text(text: &str, exclude: &[String]) -> Vec<Failure> {
             }
         }
     }
-    if out.is_empty() {
-        for addr in loose_addresses(text, exclude) {
-            out.push((Failure { address: addr, ..Failure::default() }, text.to_string()));
-        }
-    }
+    finish(out)
+}
+
+/// Every address the text mentions (but the sender's own, unless it is all there is), for
+/// reports that name recipients in no layout `from_text` knows; each gets the whole text.
+pub fn loose_failures(text: &str, exclude: &[String]) -> Vec<Failure> {
+    finish(loose_addresses(text, exclude).into_iter().map(|address| (Failure { address, ..Failure::default() }, text.to_string())).collect())
+}
+
+fn finish(out: Vec<(Failure, String)>) -> Vec<Failure> {
     out.into_iter()
         .map(|(mut f, block)| {
             f.status = find_failure_status(&block);
@@ -632,13 +638,46 @@ fn recipient_on_line(line: &str) -> Option<(String, LineKind)> {
     Some((addr, LineKind::Leading))
 }
 
+/// Recipients named by their local part alone (AOL's screen names) in the list under a line
+/// that introduces the failed recipients; they belong to the reporting system's `domain`.
+pub fn bare_names(text: &str, domain: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_list = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let l = t.to_ascii_lowercase();
+        if l.ends_with(':') && (l.contains("recipient") || l.contains("address")) {
+            in_list = true;
+            continue;
+        }
+        let name = in_list && line.starts_with([' ', '\t']) && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
+        if !name {
+            if in_list && !out.is_empty() {
+                break;
+            }
+            in_list = false;
+            continue;
+        }
+        let address = format!("{t}@{domain}").to_ascii_lowercase();
+        if is_address(&address) {
+            out.push(address);
+        }
+    }
+    out
+}
+
 /// Addresses mentioned anywhere in the text, except the envelope sender of the original.
 fn loose_addresses(text: &str, exclude: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let lower = text.to_ascii_lowercase();
     for (i, _) in text.match_indices('@') {
-        // `=` and `;` delimit X.400 forms of an address ("c=US;...;dda:SMTP=a@example.com;").
-        let start = text[..i].rfind(|c: char| c.is_whitespace() || matches!(c, '<' | '(' | '"' | ':' | '[' | ',' | '\'' | '=' | ';')).map_or(0, |p| p + 1);
+        let mut start = text[..i].rfind(|c: char| c.is_whitespace() || matches!(c, '<' | '(' | '"' | ':' | '[' | ',' | '\'')).map_or(0, |p| p + 1);
+        // X.400 forms of an address: "c=US;...;dda:SMTP=a@example.com;", "/RFC-822=a(a)b/".
+        let head = lower[start..i].rfind("smtp=").map(|p| p + 5).or_else(|| lower[start..i].rfind("rfc-822=").map(|p| p + 8));
+        start += head.unwrap_or(0);
         let end = text[i..].find(|c: char| c.is_whitespace() || matches!(c, '>' | ')' | '"' | ',' | ']' | '\'' | ';')).map_or(text.len(), |p| i + p);
         let addr = clean_address(&text[start..end]);
         let context = lower.get(start.saturating_sub(12)..start).unwrap_or("");

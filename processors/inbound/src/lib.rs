@@ -329,8 +329,18 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
             .collect();
     }
     if failures.is_empty() {
+        let from = msg.headers.get("from").map(dsn::header_addresses).unwrap_or_default();
+        if let Some((_, domain)) = from.first().and_then(|a| a.rsplit_once('@')) {
+            let diagnostic = dsn::collapse(&notification);
+            failures = dsn::bare_names(&notification, domain).into_iter().map(|address| dsn::Failure { address, diagnostic: diagnostic.clone(), ..Default::default() }).collect();
+        }
+    }
+    if failures.is_empty() {
+        failures = dsn::loose_failures(&notification, &exclude);
+    }
+    if failures.is_empty() {
         // "DELIVERY FAILURE: User foo (foo@example.com) not listed": the subject names it.
-        let named = msg.headers.get("subject").map(|s| dsn::from_text(s, &exclude)).unwrap_or_default();
+        let named = msg.headers.get("subject").map(|s| dsn::loose_failures(s, &exclude)).unwrap_or_default();
         failures = named.into_iter().map(|f| dsn::Failure { diagnostic: dsn::collapse(&format!("{subject}\n{notification}")), ..f }).collect();
     }
     if failures.is_empty() {
