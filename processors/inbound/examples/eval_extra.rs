@@ -34,6 +34,9 @@ fn main() {
             r.messages, cell(r.recipients_ok, r.with_recipients), cell(r.permanent_ok, r.with_permanent), cell(r.hard_ok, r.with_hard),
             cell(r.status_ok, r.with_status), cell(r.bounces_found, r.bounces), r.false_bounces.len(), r.no_recipient.len()
         );
+        for (family, (n, ok)) in &r.per_family {
+            println!("  {family:<16} {ok}/{n} checks (recipients, permanent) {:.1}%", Report::pct(*ok, *n));
+        }
         if !r.errors.is_empty() {
             println!("  errors {:?}", r.errors);
         }

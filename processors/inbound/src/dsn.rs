@@ -74,7 +74,8 @@ pub fn looks_like_bounce(msg: &Message) -> bool {
         return true;
     }
     let text = notification_text(msg).to_lowercase();
-    if sender_says && SYSTEM_FAILURE_WORDS.iter().any(|w| text.contains(w) || subject.contains(w)) {
+    // ... or that states a cause of failure in words the reasons know ("not a valid user").
+    if sender_says && (SYSTEM_FAILURE_WORDS.iter().any(|w| text.contains(w) || subject.contains(w)) || crate::keywords::match_text(&text, None).is_some()) {
         return true;
     }
     if sender_says || subject_says {

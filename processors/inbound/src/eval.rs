@@ -207,6 +207,8 @@ pub struct ExtraLabel {
     /// domain_error are; spam, over_quota and message_too_large are not).
     pub hard: Option<bool>,
     pub status: Option<String>,
+    /// The format family where the corpus names one (mailman2's `detectors`).
+    pub family: Option<String>,
 }
 
 /// Labels whose own corpus README says the assertion documents a library's behaviour, not the
@@ -236,7 +238,8 @@ pub fn load_extra(dir: &Path) -> Result<Vec<ExtraLabel>, String> {
         };
         let status = v.get("status").and_then(|s| s.as_str()).filter(|s| s.len() >= 5 && s.as_bytes()[1] == b'.').map(str::to_string);
         let permanent_is_class = v.get("type").is_some();
-        out.push(ExtraLabel { path: dir.join(&file), file, recipients, permanent: flag("permanent"), permanent_is_class, bounce, hard, status });
+        let family = v.get("detectors").and_then(|d| d.as_array()).and_then(|d| d.first()).and_then(|d| d.as_str()).map(str::to_string);
+        out.push(ExtraLabel { path: dir.join(&file), file, recipients, permanent: flag("permanent"), permanent_is_class, bounce, hard, status, family });
     }
     Ok(out)
 }
@@ -262,6 +265,8 @@ pub struct ExtraReport {
     pub no_recipient: Vec<String>,
     pub errors: Vec<String>,
     pub misses: Vec<String>,
+    /// Per format family: (labelled checks, agreeing checks), over recipients and permanence.
+    pub per_family: BTreeMap<String, (usize, usize)>,
 }
 
 pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
@@ -275,8 +280,10 @@ pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
             }
         };
         r.messages += 1;
-        let is_bounce = got.kind == Kind::Bounce;
+        let before = (r.with_recipients + r.with_permanent, r.recipients_ok + r.permanent_ok);
+        let family = l.family.clone();
         let mut miss = |what: String| r.misses.push(format!("{}: {what}", l.file));
+        let is_bounce = got.kind == Kind::Bounce;
         let found: Vec<String> = got.recipients.iter().map(|g| g.address.to_ascii_lowercase()).collect();
         let summary = || {
             let rs: Vec<String> = got.recipients.iter().map(|g| format!("{} {} {}{}", g.address, g.reason.as_str(), g.status, if g.permanent { "" } else { " (delay)" })).collect();
@@ -328,6 +335,11 @@ pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
             if !ok {
                 miss(format!("status {s}, got {}", summary()));
             }
+        }
+        if let Some(f) = family {
+            let e = r.per_family.entry(f).or_default();
+            e.0 += r.with_recipients + r.with_permanent - before.0;
+            e.1 += r.recipients_ok + r.permanent_ok - before.1;
         }
         match l.bounce {
             Some(true) => {

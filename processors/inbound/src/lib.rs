@@ -198,13 +198,13 @@ fn classify_message(msg: &mime::Message) -> Classification {
         // A report that names no recipient is still no reply from the system that wrote it.
         // A challenge-response system holding the message until the sender proves itself wrote
         // it, shaped like a report: the mail was not refused, and nothing failed for good.
-        let held = recipients.iter().all(|r| r.status.starts_with('4')) && reply::challenge(msg);
+        let held = recipients.iter().all(|r| r.status.starts_with('4') || r.address.is_empty()) && reply::challenge(msg);
         if held {
             c.kind = Kind::AutoReply;
             c.auto_reply_signal = Some("challenge-response".into());
             return c;
         }
-        if !recipients.is_empty() || reply::auto_reply_signal(msg).is_none() {
+        if recipients.iter().any(|r| !r.address.is_empty()) || reply::auto_reply_signal(msg).is_none() {
             c.kind = Kind::Bounce;
             c.recipients = recipients;
             c.reporting_mta = reporting_mta;
@@ -355,6 +355,11 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
             }
             return (vec![r], info.reporting_mta);
         }
+    }
+    if failures.is_empty() {
+        // A report that names nobody still says why: one recipient without an address carries
+        // it (no event is made of it, see `mailpipe_processors::inbound`).
+        failures.push(dsn::Failure { diagnostic: dsn::collapse(&notification), ..Default::default() });
     }
     if formats::is_qmail(msg) {
         for f in &mut failures {
