@@ -6,7 +6,7 @@ use std::time::Instant;
 
 fn main() {
     let dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../../shared/corpus/bounces/messages")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/bounces/messages")
     });
     let passes: usize = std::env::args().nth(2).and_then(|p| p.parse().ok()).unwrap_or(20);
     let mut msgs: Vec<Vec<u8>> = Vec::new();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 fn main() {
     let mut args = std::env::args().skip(1);
     let corpus = args.next().map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../../shared/corpus/bounces")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/bounces")
     });
     let show_misses = std::env::args().any(|a| a == "--misses");
     let labels = match load_labels(&corpus) {

@@ -59,7 +59,7 @@ pub fn looks_like_bounce(msg: &Message) -> bool {
     let from = msg.headers.get("from").unwrap_or("").to_ascii_lowercase();
     let subject = msg.headers.get("subject").unwrap_or("").to_lowercase();
     let sender_says = BOUNCE_SENDERS.iter().any(|s| from.contains(s)) || from.trim() == "<>";
-    let subject_says = BOUNCE_SUBJECTS.iter().any(|s| subject.contains(s));
+    let subject_says = crate::phrases!(BOUNCE_SUBJECTS).any_in(&subject);
     if sender_says && subject_says {
         return true;
     }
@@ -75,13 +75,13 @@ pub fn looks_like_bounce(msg: &Message) -> bool {
     }
     let text = notification_text(msg).to_lowercase();
     // ... or that states a cause of failure in words the reasons know ("not a valid user").
-    if sender_says && (SYSTEM_FAILURE_WORDS.iter().any(|w| text.contains(w) || subject.contains(w)) || crate::keywords::match_text(&text, None).is_some()) {
+    if sender_says && (crate::phrases!(SYSTEM_FAILURE_WORDS).any_in(&text) || crate::phrases!(SYSTEM_FAILURE_WORDS).any_in(&subject) || crate::keywords::match_text(&text, None).is_some()) {
         return true;
     }
     if sender_says || subject_says {
-        return FAILURE_WORDS.iter().any(|w| text.contains(w));
+        return crate::phrases!(FAILURE_WORDS).any_in(&text);
     }
-    PLAIN_FAILURE_WORDS.iter().any(|w| text.contains(w))
+    crate::phrases!(PLAIN_FAILURE_WORDS).any_in(&text)
 }
 
 /// Words of a delay notice: the system still tries, nothing has failed for good yet.
@@ -94,9 +94,9 @@ const DELAY_WORDS: &[&str] = &[
 /// Words that say the system gave up, which outweigh the delay words quoted with them.
 const GAVE_UP_WORDS: &[&str] = &["giving up", "gave up", "not going to try again", "retry timeout exceeded", "will not be retried", "no further attempts"];
 
-/// Whether a report (its lowercased subject and text) is a delay notice rather than a failure.
-pub fn reads_as_delay(lower: &str) -> bool {
-    DELAY_WORDS.iter().any(|w| lower.contains(w)) && !GAVE_UP_WORDS.iter().any(|w| lower.contains(w))
+/// Whether a report (its subject, its text: any case) is a delay notice rather than a failure.
+pub fn reads_as_delay(texts: &[&str]) -> bool {
+    texts.iter().any(|t| crate::phrases!(DELAY_WORDS).any_in(t)) && !texts.iter().any(|t| crate::phrases!(GAVE_UP_WORDS).any_in(t))
 }
 
 /// From a mail system's own address (mailer-daemon, postmaster), any of these says failure.

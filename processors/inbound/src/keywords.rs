@@ -429,6 +429,55 @@ fn matcher() -> &'static Matcher {
     })
 }
 
+/// A fixed list of literal phrases found in one pass over a text, ASCII case ignored: the
+/// phrases are indexed by their first two bytes (a bitmap of 8 KiB says which pairs start one).
+pub struct Phrases {
+    pairs: Vec<u64>,
+    /// (two-byte key, phrase), sorted by key.
+    entries: Vec<(u16, &'static [u8])>,
+}
+
+impl Phrases {
+    /// `list`: lowercase phrases of at least two bytes.
+    pub fn new(list: &[&'static str]) -> Phrases {
+        let key = |p: &[u8]| u16::from(p[0]) << 8 | u16::from(p[1]);
+        let mut entries: Vec<(u16, &'static [u8])> = list.iter().map(|p| p.as_bytes()).filter(|p| p.len() >= 2).map(|p| (key(p), p)).collect();
+        entries.sort_unstable();
+        let mut pairs = vec![0u64; 1024];
+        for &(k, _) in &entries {
+            pairs[usize::from(k) >> 6] |= 1 << (k & 63);
+        }
+        Phrases { pairs, entries }
+    }
+
+    /// Whether any of the phrases occurs in `hay`.
+    pub fn any_in(&self, hay: &str) -> bool {
+        let hay = hay.as_bytes();
+        for i in 0..hay.len().saturating_sub(1) {
+            let k = u16::from(hay[i].to_ascii_lowercase()) << 8 | u16::from(hay[i + 1].to_ascii_lowercase());
+            if self.pairs[usize::from(k) >> 6] >> (k & 63) & 1 == 0 {
+                continue;
+            }
+            let lo = self.entries.partition_point(|e| e.0 < k);
+            let hit = self.entries[lo..].iter().take_while(|e| e.0 == k).any(|(_, p)| hay[i..].get(..p.len()).is_some_and(|w| w.eq_ignore_ascii_case(p)));
+            if hit {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A [`Phrases`] built once, on first use, from a constant list.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! phrases {
+    ($list:expr) => {{
+        static SET: std::sync::OnceLock<$crate::keywords::Phrases> = std::sync::OnceLock::new();
+        SET.get_or_init(|| $crate::keywords::Phrases::new($list))
+    }};
+}
+
 /// Whether `hay` contains `pat`, where `*` in `pat` allows any text in between.
 pub fn contains(hay: &[u8], pat: &str) -> bool {
     let mut from = 0;
@@ -466,6 +515,17 @@ mod tests {
             assert!(p.len() >= 2 && !p.as_bytes()[..2].contains(&b'*'), "phrase {p:?} cannot be indexed");
             assert_eq!(p, p.to_lowercase(), "phrase {p:?} must be lowercase");
         }
+    }
+
+    #[test]
+    fn phrases_are_found_anywhere_in_any_case() {
+        let set = Phrases::new(&["not yet been delivered", "giving up", "ab"]);
+        assert!(set.any_in("The message has NOT YET been delivered."));
+        assert!(set.any_in("giving up"));
+        assert!(set.any_in("xxab"));
+        assert!(!set.any_in("giving u"));
+        assert!(!set.any_in(""));
+        assert!(!set.any_in("a"));
     }
 
     #[test]

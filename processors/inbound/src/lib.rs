@@ -275,11 +275,16 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
     }
     // The envelope sender of the returned original is no failed recipient either.
     for part in &msg.parts {
-        for line in part.text.lines() {
-            // Cheap first-byte test: this runs over every line of the returned message.
-            if !matches!(line.as_bytes().first(), Some(b'r' | b'R' | b'f' | b'F')) {
+        let text = part.text.as_str();
+        // This runs over every line of the returned message: only line starts that could begin
+        // a Return-Path or From field are looked at (found with the vectorised memchr).
+        let starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1));
+        for at in starts {
+            if !matches!(text.as_bytes().get(at), Some(b'r' | b'R' | b'f' | b'F')) {
                 continue;
             }
+            let rest = &text[at..];
+            let line = &rest[..memchr::memchr(b'\n', rest.as_bytes()).unwrap_or(rest.len())];
             let Some((name, value)) = line.split_once(':') else { continue };
             if name.eq_ignore_ascii_case("return-path") || name.eq_ignore_ascii_case("from") {
                 exclude.extend(dsn::header_addresses(value));
@@ -287,7 +292,7 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
         }
     }
     let subject = msg.headers.get("subject").unwrap_or("");
-    let delay = dsn::reads_as_delay(&format!("{subject}\n{notification}").to_lowercase());
+    let delay = dsn::reads_as_delay(&[subject, &notification]);
     let from_text = dsn::from_text(&notification, &exclude);
     let (mut failures, info) = dsn::from_delivery_status(msg);
     // Without a Reporting-MTA field, the report's sender names the system that wrote it.
@@ -410,13 +415,14 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
             remote: f.remote_mta.as_deref(),
         })
     };
-    let format_rule = f.reason.is_some();
-    let mut reason = f.reason.unwrap_or_else(|| decide(&lower));
+    let mut decision = f.reason.map_or_else(|| decide(&lower), |reason| reasons::Decision { reason, format_rule: true, wording: None });
+    let mut reason = decision.reason;
     // Nothing specific in the recipient's own lines: the report's preface may say more.
     if matches!(reason, Reason::OnHold | Reason::Undefined) {
         if let Some(n) = notification {
             lower = n.to_lowercase();
-            reason = decide(&lower);
+            decision = decide(&lower);
+            reason = decision.reason;
         }
     }
     // A report that only lists the recipient under its introduction gives no cause at all.
@@ -426,7 +432,7 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
     let permanent = match f.action.as_deref() {
         Some("failed") => true,
         Some("delayed" | "relayed" | "delivered" | "expanded") => false,
-        _ => !delay && !dsn::reads_as_delay(&lower),
+        _ => !delay && !dsn::reads_as_delay(&[&lower]),
     };
     let temporary = status.as_deref().map_or_else(
         || {
@@ -452,7 +458,7 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
             reporter,
             remote: f.remote_mta.as_deref(),
         },
-        format_rule,
+        &decision,
         hard_bounce,
         pseudo,
     );

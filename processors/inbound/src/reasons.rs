@@ -285,13 +285,15 @@ impl Signal {
 }
 
 /// The signals that agree with a verdict (hard or not), in the order format, status, reply
-/// code, wording. `format` says a format or provider rule decided the reason; the others count
+/// code, wording. `format_rule`: a format, agent or provider rule decided the reason (see
+/// [`decide`]); the others count
 /// when what they imply alone has the verdict's hardness (or, for a soft verdict, is temporary).
-pub fn signals(ev: &Evidence<'_>, format_rule: bool, hard: bool, pseudo_status: bool) -> Vec<Signal> {
+pub fn signals(ev: &Evidence<'_>, decision: &Decision, hard: bool, pseudo_status: bool) -> Vec<Signal> {
+    let format_rule = decision.format_rule;
     let agrees = |r: Option<Reason>, status: &str| r.map(|r| r.is_hard(status) == hard);
     let status = ev.status.filter(|_| !pseudo_status);
     let mut out = Vec::new();
-    if format_rule || crate::providers::reason(ev).is_some() || crate::keywords::local_agent(ev.text).is_some() {
+    if format_rule {
         out.push(Signal::Format);
     }
     if let Some(s) = status {
@@ -307,7 +309,8 @@ pub fn signals(ev: &Evidence<'_>, format_rule: bool, hard: bool, pseudo_status: 
             out.push(Signal::ReplyCode);
         }
     }
-    if agrees(crate::keywords::match_text(ev.text, ev.command), s) == Some(true) {
+    let wording = decision.wording.unwrap_or_else(|| crate::keywords::match_text(ev.text, ev.command));
+    if agrees(wording, s) == Some(true) {
         out.push(Signal::Wording);
     }
     out
@@ -347,30 +350,47 @@ pub struct Evidence<'a> {
     pub remote: Option<&'a str>,
 }
 
-pub fn decide(ev: &Evidence<'_>) -> Reason {
+/// How a reason was decided: by a rule for one format, agent or provider (`format_rule`), and
+/// what the generic wording alone implies, where it was read (`wording`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub reason: Reason,
+    pub format_rule: bool,
+    pub wording: Option<Option<Reason>>,
+}
+
+pub fn decide(ev: &Evidence<'_>) -> Decision {
+    match decide_first(ev) {
+        Ok((reason, format_rule)) => Decision { reason, format_rule, wording: None },
+        Err((reason, wording)) => Decision { reason: adjust(reason, ev), format_rule: false, wording },
+    }
+}
+
+/// `Ok` when a rule before the generic ones decides; else `Err` with the generic verdict and
+/// the wording's own reading, if it was taken.
+fn decide_first(ev: &Evidence<'_>) -> Result<(Reason, bool), (Reason, Option<Option<Reason>>)> {
     if ev.action == Some("delivered") || ev.status.is_some_and(|s| s.starts_with("2.")) {
-        return Reason::Delivered;
+        return Ok((Reason::Delivered, false));
     }
     // A local delivery agent's own message (procmail, dovecot's deliver, mail.local...) names the
     // failure at the mailbox, after the SMTP dialogue: it decides before any status code.
     if ev.command.is_none_or(|c| c == "DATA") {
         if let Some(r) = crate::keywords::local_agent(ev.text) {
-            return r;
+            return Ok((r, true));
         }
     }
     if ev.diagnostic_type.is_some_and(|t| t.starts_with("x-unix")) {
         // A local delivery program failed; only a full mailbox is worth telling apart.
         if crate::keywords::mentions(ev.text, Reason::MailboxFull) {
-            return Reason::MailboxFull;
+            return Ok((Reason::MailboxFull, true));
         }
-        return Reason::MailerError;
+        return Ok((Reason::MailerError, true));
     }
     // A provider's own wording is its verdict, whatever the dialogue stage.
     if let Some(r) = crate::providers::reason(ev) {
-        return r;
+        return Ok((r, true));
     }
-    let r = decide_raw(ev);
-    adjust(r, ev)
+    Err(decide_raw(ev))
 }
 
 /// Corrections that follow from where in the SMTP dialogue the failure happened.
@@ -400,16 +420,21 @@ fn adjust(r: Reason, ev: &Evidence<'_>) -> Reason {
     }
 }
 
-fn decide_raw(ev: &Evidence<'_>) -> Reason {
+fn decide_raw(ev: &Evidence<'_>) -> (Reason, Option<Option<Reason>>) {
     let by_status = ev.status.and_then(from_status);
     if let (Some(r), Some(s)) = (by_status, ev.status) {
         if status_is_decisive(s) {
-            return r;
+            return (r, None);
         }
     }
     // Wording beats the remaining status codes: many servers send 5.x.x codes that are
     // wrong or generic (5.7.1 for everything), but their words name the failure.
-    if let Some(r) = crate::keywords::match_text(ev.text, ev.command) {
+    let wording = crate::keywords::match_text(ev.text, ev.command);
+    (decide_rest(ev, by_status, wording), Some(wording))
+}
+
+fn decide_rest(ev: &Evidence<'_>, by_status: Option<Reason>, wording: Option<Reason>) -> Reason {
+    if let Some(r) = wording {
         return r;
     }
     if ev.reply_code == Some("525") {

@@ -106,12 +106,8 @@ const CHALLENGE_WORDS: &[&str] = &[
 
 /// Whether the message is a challenge-response system's request that the sender confirm.
 pub fn challenge(msg: &Message) -> bool {
-    let text = crate::dsn::notification_text(msg).to_lowercase();
-    let diagnostic = msg.parts.iter().filter(|p| p.content_type == "message/delivery-status").any(|p| {
-        let l = p.text.to_lowercase();
-        CHALLENGE_WORDS.iter().any(|w| l.contains(w))
-    });
-    diagnostic || CHALLENGE_WORDS.iter().any(|w| text.contains(w))
+    let words = crate::phrases!(CHALLENGE_WORDS);
+    msg.parts.iter().filter(|p| p.content_type == "message/delivery-status").any(|p| words.any_in(&p.text)) || words.any_in(&crate::dsn::notification_text(msg))
 }
 
 /// Why a message is judged automatic, if it is: the header or wording that says so.
