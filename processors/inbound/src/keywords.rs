@@ -433,33 +433,51 @@ fn matcher() -> &'static Matcher {
 /// phrases are indexed by their first two bytes (a bitmap of 8 KiB says which pairs start one).
 pub struct Phrases {
     pairs: Vec<u64>,
-    /// (two-byte key, phrase), sorted by key.
-    entries: Vec<(u16, &'static [u8])>,
+    /// Per first byte, the range of `entries` whose phrases start with it.
+    first: Vec<(u16, u16)>,
+    /// (second byte, phrase), sorted by the phrase's first two bytes.
+    entries: Vec<(u8, &'static [u8])>,
 }
 
 impl Phrases {
     /// `list`: lowercase phrases of at least two bytes.
     pub fn new(list: &[&'static str]) -> Phrases {
-        let key = |p: &[u8]| u16::from(p[0]) << 8 | u16::from(p[1]);
-        let mut entries: Vec<(u16, &'static [u8])> = list.iter().map(|p| p.as_bytes()).filter(|p| p.len() >= 2).map(|p| (key(p), p)).collect();
-        entries.sort_unstable();
+        let mut sorted: Vec<&'static [u8]> = list.iter().map(|p| p.as_bytes()).filter(|p| p.len() >= 2).collect();
+        sorted.sort_unstable();
         let mut pairs = vec![0u64; 1024];
-        for &(k, _) in &entries {
-            pairs[usize::from(k) >> 6] |= 1 << (k & 63);
+        let mut first = vec![(0u16, 0u16); 256];
+        for (i, p) in sorted.iter().enumerate() {
+            let k = usize::from(p[0]) << 8 | usize::from(p[1]);
+            pairs[k >> 6] |= 1 << (k & 63);
+            let f = &mut first[usize::from(p[0])];
+            if f.0 == f.1 {
+                *f = (i as u16, i as u16);
+            }
+            f.1 = i as u16 + 1;
         }
-        Phrases { pairs, entries }
+        Phrases { pairs, first, entries: sorted.into_iter().map(|p| (p[1], p)).collect() }
     }
 
     /// Whether any of the phrases occurs in `hay`.
     pub fn any_in(&self, hay: &str) -> bool {
         let hay = hay.as_bytes();
-        for i in 0..hay.len().saturating_sub(1) {
-            let k = u16::from(hay[i].to_ascii_lowercase()) << 8 | u16::from(hay[i + 1].to_ascii_lowercase());
-            if self.pairs[usize::from(k) >> 6] >> (k & 63) & 1 == 0 {
+        let mut prev = match hay.first() {
+            Some(b) => b.to_ascii_lowercase(),
+            None => return false,
+        };
+        for i in 1..hay.len() {
+            let b = hay[i].to_ascii_lowercase();
+            let k = usize::from(prev) << 8 | usize::from(b);
+            let (a, c) = (prev, b);
+            prev = b;
+            if self.pairs[k >> 6] >> (k & 63) & 1 == 0 {
                 continue;
             }
-            let lo = self.entries.partition_point(|e| e.0 < k);
-            let hit = self.entries[lo..].iter().take_while(|e| e.0 == k).any(|(_, p)| hay[i..].get(..p.len()).is_some_and(|w| w.eq_ignore_ascii_case(p)));
+            let (lo, hi) = self.first[usize::from(a)];
+            let start = i - 1;
+            let hit = self.entries[usize::from(lo)..usize::from(hi)]
+                .iter()
+                .any(|&(second, p)| second == c && hay[start..].get(..p.len()).is_some_and(|w| w.eq_ignore_ascii_case(p)));
             if hit {
                 return true;
             }
