@@ -34,6 +34,8 @@ pub struct IngestState {
     pub max_body_bytes: usize,
     /// `http.trusted_proxies`: whose forwarding headers name the client of a tracking hit.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `http.publish_timeout_ms`: the longest a request waits for the bus to make it durable.
+    pub publish_timeout: Duration,
     hits: tracking::HitCounters,
     waiting: Waiting,
     /// While publishing fails, one log line per interval for each kind of request.
@@ -73,7 +75,7 @@ impl IngestState {
     pub fn new(bus: Arc<dyn EventBus>, registry: Arc<Registry>, max_events_per_request: usize, max_body_bytes: usize) -> Self {
         let hits = tracking::HitCounters::new();
         let failures = std::array::from_fn(|_| mailpipe_bus::Throttle::every(LOG_FAILURES_EVERY));
-        IngestState { bus, registry, max_events_per_request, max_body_bytes, trusted_proxies: Vec::new(), hits, waiting: Waiting::default(), failures }
+        IngestState { bus, registry, max_events_per_request, max_body_bytes, trusted_proxies: Vec::new(), publish_timeout: Duration::from_secs(5), hits, waiting: Waiting::default(), failures }
     }
 
     /// Counts a failed publish and logs it, at most once per interval for each kind.
@@ -86,15 +88,20 @@ impl IngestState {
     }
 
     /// Runs `publish` (a write the bus answers once durable) counted among the requests waiting
-    /// for the bus, which is what [`busy_poll`] watches.
-    async fn durable<T>(&self, publish: impl Future<Output = T>) -> T {
+    /// for the bus, which is what [`busy_poll`] watches, for at most `publish_timeout`: a bus
+    /// that does not answer by then is unavailable (the write may still land; a retry of the
+    /// same event keeps its id and is stored once).
+    async fn durable<T>(&self, publish: impl Future<Output = Result<T, BusError>>) -> Result<T, BusError> {
         let n = self.waiting.count.fetch_add(1, Ordering::Relaxed) + 1;
         // (Not while polling: the permit would start it again right after it stops.)
         if n == BUSY_POLL_FROM && !self.waiting.polling.load(Ordering::Relaxed) {
             self.waiting.heavy.notify_one();
         }
         let _done = WaitingGuard(&self.waiting.count);
-        publish.await
+        match tokio::time::timeout(self.publish_timeout, publish).await {
+            Ok(result) => result,
+            Err(_) => Err(BusError::Unavailable(format!("the bus did not confirm the write within {} ms", self.publish_timeout.as_millis()))),
+        }
     }
 }
 
@@ -233,6 +240,21 @@ mod tests {
     use mailpipe_bus::{EmbeddedBusConfig, EmbeddedEventBus};
     use tokio::sync::oneshot;
 
+    #[tokio::test]
+    async fn a_bus_that_never_answers_is_unavailable_after_the_publish_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedEventBus::open(EmbeddedBusConfig::new(dir.path().join("bus"))).unwrap();
+        let registry = Registry::open(dir.path().join("registry.json")).unwrap();
+        let mut state = IngestState::new(Arc::new(bus), Arc::new(registry), 10, 1 << 20);
+        state.publish_timeout = Duration::from_millis(100);
+        let started = Instant::now();
+        let got = state.durable(std::future::pending::<Result<(), BusError>>()).await;
+        assert!(matches!(got, Err(BusError::Unavailable(ref m)) if m.contains("100 ms")), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(state.waiting.count.load(Ordering::Relaxed), 0, "no longer counted as waiting");
+        assert!(state.durable(async { Ok::<_, BusError>(7) }).await.is_ok_and(|n| n == 7));
+    }
+
     /// Waits up to 5 s for `condition`.
     async fn eventually(condition: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -258,7 +280,7 @@ mod tests {
                 let (gate, opened) = oneshot::channel::<()>();
                 gates.push(gate);
                 let state = state.clone();
-                requests.push(tokio::spawn(async move { state.durable(opened).await.is_ok() }));
+                requests.push(tokio::spawn(async move { state.durable(async { opened.await.map_err(|_| BusError::Closed) }).await.is_ok() }));
             }
         };
 

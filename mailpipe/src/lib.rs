@@ -238,6 +238,7 @@ fn serve_edge_until(listener: TcpListener, edge: mailpipe_ingest::Edge, config: 
 fn edge(config: &Config, bus: Arc<dyn EventBus>, registry: Arc<Registry>, others: Router) -> mailpipe_ingest::Edge {
     let mut state = IngestState::new(bus, registry.clone(), config.http.max_events_per_request, config.http.max_body_bytes);
     state.trusted_proxies = config.http.trusted_proxies.clone();
+    state.publish_timeout = Duration::from_millis(config.http.publish_timeout_ms);
     let state = Arc::new(state);
     let routes = mailpipe_ingest::router(state.clone()).merge(others);
     mailpipe_ingest::edge(state, api::guarded(routes, api::guard(config, registry)))

@@ -294,6 +294,36 @@ pub struct ClickHouseEventStore {
     /// A session of its own for the duplicate lookup, whose probe is a temporary table; one
     /// lookup at a time (a ClickHouse session takes one query at a time).
     probe: tokio::sync::Mutex<Client>,
+    /// Ids this process wrote lately: a client's resubmission (the same derived id, posted
+    /// again with another timestamp) is not found by the lookup, which goes by time.
+    recent: std::sync::Mutex<RecentIds>,
+}
+
+/// How many written ids a store process remembers (about 40 bytes each).
+const RECENT_IDS: usize = 1 << 20;
+
+/// The newest `capacity` ids, the oldest forgotten first.
+struct RecentIds {
+    set: HashSet<Uuid>,
+    order: std::collections::VecDeque<Uuid>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> RecentIds {
+        RecentIds { set: HashSet::new(), order: std::collections::VecDeque::new(), capacity }
+    }
+
+    fn add(&mut self, id: Uuid) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 /// What a server can do beyond what ClickHouse 18.16 (Debian's package) does.
@@ -452,7 +482,7 @@ impl ClickHouseEventStore {
     pub fn new(config: &ClickHouseStoreConfig) -> ClickHouseEventStore {
         let client = Self::client(config).with_database(&config.database);
         let probe = client.clone().with_setting("session_id", format!("mailpipe-{}", Uuid::new_v4())).with_setting("session_timeout", "600");
-        ClickHouseEventStore { client, probe: tokio::sync::Mutex::new(probe) }
+        ClickHouseEventStore { client, probe: tokio::sync::Mutex::new(probe), recent: std::sync::Mutex::new(RecentIds::new(RECENT_IDS)) }
     }
 
     fn client(config: &ClickHouseStoreConfig) -> Client {
@@ -546,6 +576,14 @@ impl ClickHouseEventStore {
         Ok(rows.into_iter().map(|r| r.event_id).collect())
     }
 
+    /// Ids now stored (their insert was answered), for the next batches to skip.
+    fn remember(&self, written: &[&Event]) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for e in written {
+            recent.add(e.event_id);
+        }
+    }
+
     /// The events of `part` that the table does not hold yet.
     async fn fresh<'e>(&self, part: &[&'e Event]) -> Result<Vec<&'e Event>, StoreError> {
         let started = std::time::Instant::now();
@@ -595,7 +633,10 @@ impl EventStore for ClickHouseEventStore {
     /// session) while the part before it is written.
     async fn insert(&self, events: &[Event]) -> Result<usize, StoreError> {
         let mut in_batch = HashSet::with_capacity(events.len());
-        let unique: Vec<&Event> = events.iter().filter(|e| in_batch.insert(e.event_id)).collect();
+        let unique: Vec<&Event> = {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            events.iter().filter(|e| in_batch.insert(e.event_id) && !recent.set.contains(&e.event_id)).collect()
+        };
         let mut parts = unique.chunks(PART_ROWS);
         let Some(first) = parts.next() else { return Ok(0) };
         let mut fresh = self.fresh(first).await?;
@@ -603,9 +644,12 @@ impl EventStore for ClickHouseEventStore {
         for part in parts {
             let (n, next) = tokio::try_join!(self.write(&fresh), self.fresh(part))?;
             written += n;
+            self.remember(&fresh);
             fresh = next;
         }
-        Ok(written + self.write(&fresh).await?)
+        written += self.write(&fresh).await?;
+        self.remember(&fresh);
+        Ok(written)
     }
 
     /// Nothing to do: an insert is written by ClickHouse before it answers.

@@ -196,6 +196,21 @@ impl Kafka {
     pub fn log(&self) -> PathBuf {
         self._dir.path().join("broker.log")
     }
+
+    /// Stalls the broker (SIGSTOP): connections stay open and nothing answers, as with a hung
+    /// machine. `resume` lets it go on where it was.
+    pub fn pause(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(&self.child, "CONT");
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill -{name} {}", child.id());
 }
 
 impl Drop for Kafka {

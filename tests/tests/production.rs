@@ -385,3 +385,82 @@ async fn suppressions_on_kafka_appear_within_a_second_and_survive_kill_9_of_ever
         assert!(terminate(child).success());
     }
 }
+
+/// A broker that stops answering (SIGSTOP) and a ClickHouse that goes away: the edge answers 503
+/// within `http.publish_timeout_ms` instead of hanging, every role's `/readyz` says what is
+/// wrong, the query role answers 503 in JSON, and once each is back everything acknowledged or
+/// retried is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_and_a_store_outage_answer_503_in_bounded_time_and_lose_and_double_nothing() {
+    let kafka = Kafka::start();
+    let mut ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "stall.");
+    let registry = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).env("MAILPIPE__DATA_DIR", dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    registry(&["tenants", "create", "acme"]);
+    let write = registry(&["keys", "create", "--tenant", "acme", "--scope", "write"]);
+    let read = registry(&["keys", "create", "--tenant", "acme", "--scope", "read"]);
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + "[http]\npublish_timeout_ms = 2000\n").unwrap();
+    ClickHouseEventStore::migrate(&ch_config(&ch, "stall")).await.unwrap();
+    let (mut ingest, edge) = spawn_role("ingest", &kafka, &ch, "stall", dir.path(), &config).await;
+    let (mut process, _) = spawn_role("process", &kafka, &ch, "stall", dir.path(), &config).await;
+    let (mut query, api) = spawn_role("query", &kafka, &ch, "stall", dir.path(), &config).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let batch = |from: usize| -> Vec<serde_json::Value> {
+        (from..from + 50).map(|i| serde_json::json!({"type": "sent", "campaign": "stall", "message_id": format!("<{i}@x>"), "recipient": format!("r{i}@gmail.com")})).collect()
+    };
+    let post = |body: Vec<serde_json::Value>| {
+        let req = client.post(format!("{edge}/v1/events")).bearer_auth(&write).json(&body);
+        async move {
+            let started = Instant::now();
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.headers().get("retry-after").is_some(), started.elapsed())
+        }
+    };
+    assert_eq!(post(batch(0)).await.0, 202);
+
+    kafka.pause();
+    let (status, retry_after, took) = post(batch(50)).await;
+    assert_eq!((status, retry_after), (503, true), "a stalled broker is unavailable, retry");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}, bound 2 s");
+    let ready = client.get(format!("{edge}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "the edge is not ready while the broker stalls");
+    kafka.resume();
+    // Back to acknowledging: the same batch, retried as a sending node would.
+    let healed = Instant::now();
+    let mut answered = 0;
+    while healed.elapsed() < Duration::from_secs(30) {
+        answered = post(batch(50)).await.0;
+        if answered == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answered, 202, "acknowledging again after the broker came back");
+    eprintln!("stalled broker: 503 after {took:?}; acknowledging again {:?} after it resumed", healed.elapsed());
+
+    // The store goes away: the query role says so and answers 503 in JSON, then recovers.
+    let store = ClickHouseEventStore::new(&ch_config(&ch, "stall"));
+    assert_eq!(settle(&store, 100, Duration::from_secs(60)).await, (100, 100), "each event once, the timed-out write and its retry included");
+    ch.stop();
+    let url = format!("{api}/v1/stats/overview");
+    let res = client.get(&url).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().get("content-type").is_some_and(|v| v.to_str().unwrap().starts_with("application/json")));
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["errors"][0]["reason"].as_str().is_some_and(|r| r.contains("retry")), "{body}");
+    let ready: serde_json::Value = client.get(format!("{api}/readyz")).send().await.unwrap().json().await.unwrap();
+    assert!(ready["errors"][0]["reason"].as_str().is_some_and(|r| r.contains("not ready")), "{ready}");
+    ch.start_again();
+    wait_for_ok(&format!("{api}/readyz"), Duration::from_secs(60)).await;
+    let totals = client.get(&url).bearer_auth(&read).send().await.unwrap().json::<serde_json::Value>().await.unwrap();
+    assert_eq!(totals["totals"]["sent"], 100, "{totals}");
+
+    for child in [&mut ingest, &mut process, &mut query] {
+        assert!(terminate(child).success());
+    }
+}

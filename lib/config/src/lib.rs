@@ -69,6 +69,11 @@ pub struct HttpConfig {
     /// On SIGTERM, requests in flight get this long to finish before their connections are
     /// closed; the processors then drain the bus as usual. Milliseconds.
     pub shutdown_grace_ms: u64,
+    /// A reported event, inbound mail or tracking hit waits at most this long for the bus to
+    /// say it is durable; beyond it the request is answered 503 (retry: the same event keeps its
+    /// id, so nothing is counted twice), so a stalled broker never hangs a sending node.
+    /// Milliseconds.
+    pub publish_timeout_ms: u64,
 }
 
 /// `http.rate_limits`: requests a minute by tier, as a token bucket holding one minute's
@@ -246,6 +251,7 @@ impl Default for Config {
                 max_connections: 4096,
                 max_inflight_body_bytes: 256 << 20,
                 shutdown_grace_ms: 10_000,
+                publish_timeout_ms: 5_000,
             },
             bus: BusConfig::Embedded,
             store: StoreConfig::Datafusion { compact_after_files: 16 },
@@ -308,8 +314,8 @@ impl Config {
             return invalid("http.max_events_per_request", "must be at least 1");
         }
         let h = &self.http;
-        if h.header_read_timeout_ms == 0 || h.idle_timeout_ms == 0 || h.shutdown_grace_ms == 0 {
-            return invalid("http.header_read_timeout_ms", "header_read_timeout_ms, idle_timeout_ms and shutdown_grace_ms must be at least 1");
+        if h.header_read_timeout_ms == 0 || h.idle_timeout_ms == 0 || h.shutdown_grace_ms == 0 || h.publish_timeout_ms == 0 {
+            return invalid("http.header_read_timeout_ms", "header_read_timeout_ms, idle_timeout_ms, shutdown_grace_ms and publish_timeout_ms must be at least 1");
         }
         if h.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1");
