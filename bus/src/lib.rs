@@ -49,7 +49,8 @@ impl BusError {
 }
 
 /// One log line per interval for a failure that repeats (a full disk, a broker gone), with a
-/// count, so a fault never turns into a flood of log lines: the bus writer and the edge use it.
+/// count, so a fault never turns into a flood of log lines: the bus writer, the edge and the
+/// query role use it.
 pub struct Throttle {
     every_ms: u64,
     started: std::time::Instant,

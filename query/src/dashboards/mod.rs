@@ -119,7 +119,11 @@ pub fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Query(q) => ApiError::bad_request("query", q.to_string()),
         other => {
-            tracing::error!(error = %other, "store query failed");
+            // During an outage every request fails alike: one line per interval, with a count.
+            static FAILURES: std::sync::OnceLock<mailpipe_bus::Throttle> = std::sync::OnceLock::new();
+            if let Some(failures) = FAILURES.get_or_init(|| mailpipe_bus::Throttle::every(std::time::Duration::from_secs(10))).log() {
+                tracing::error!(error = %other, failures, "store query failed ({failures} since the last line like this)");
+            }
             ApiError::unavailable("the store cannot answer right now; retry")
         }
     }

@@ -114,6 +114,9 @@ impl Disk {
 #[derive(Default)]
 pub struct Rollup {
     disk: Option<Disk>,
+    /// The disk was given up to be reopened (after a failed write poisoned it): lookups fail
+    /// (and are retried) until it is back, rather than answer from memory alone.
+    lost: bool,
     tenants: HashMap<String, TenantRollup>,
     /// Ids and message states changed since the last `take`.
     pending: Layer,
@@ -377,6 +380,21 @@ impl Rollup {
         self.disk.as_ref()
     }
 
+    /// Gives the disk up, to be reopened; see [`Rollup::regain_disk`].
+    pub fn lose_disk(&mut self) -> Option<Disk> {
+        self.lost = true;
+        self.disk.take()
+    }
+
+    pub fn regain_disk(&mut self, disk: Disk) {
+        self.disk = Some(disk);
+        self.lost = false;
+    }
+
+    fn lost(&self) -> StoreError {
+        engine("the rollup's state on disk is being reopened; retry")
+    }
+
     pub fn events(&self) -> u64 {
         self.events
     }
@@ -387,6 +405,7 @@ impl Rollup {
         }
         match &self.disk {
             Some(d) => d.ids.contains_key(id.to_be_bytes()).map_err(engine),
+            None if self.lost => Err(self.lost()),
             None => Ok(false),
         }
     }
@@ -400,6 +419,7 @@ impl Rollup {
         }
         match &self.disk {
             Some(d) => d.messages.get(key).map_err(engine)?.map(|v| MessageState::decode(&v)).transpose(),
+            None if self.lost => Err(self.lost()),
             None => Ok(None),
         }
     }

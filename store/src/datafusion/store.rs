@@ -156,11 +156,46 @@ impl DataFusionEventStore {
     /// Makes a taken commit durable; until then lookups read it from memory, and a failed
     /// commit is retried by the next flush.
     async fn commit(&self, commit: std::sync::Arc<super::rollup::Commit>) -> Result<(), StoreError> {
+        if self.rollup.read().disk().is_none() {
+            self.reopen_state().await?;
+        }
         let disk = self.rollup.read().disk().cloned().ok_or_else(|| engine("rollup has no disk"))?;
         let seq = commit.seq();
-        blocking(move || disk.commit(&commit)).await?;
+        if let Err(e) = blocking(move || disk.commit(&commit)).await {
+            // fjall refuses every write after one failed (a full disk poisons its journal):
+            // reopen it, which recovers the journal, so the retried commit can succeed.
+            tracing::warn!(error = %e, "committing the rollup failed; reopening its state");
+            if let Err(again) = self.reopen_state().await {
+                tracing::warn!(error = %again, "reopening the rollup's state failed; the next flush tries again");
+            }
+            return Err(e);
+        }
         self.rollup.write().committed();
         self.committed.store(seq, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Closes the rollup's state and opens it again; until it is open, lookups fail and are
+    /// retried (nothing is answered from memory alone).
+    async fn reopen_state(&self) -> Result<(), StoreError> {
+        let old = self.rollup.write().lose_disk();
+        let state = self.config.dir.join("state");
+        let disk = blocking(move || {
+            drop(old);
+            // The database's lock is released once its background work has let go of it.
+            let mut attempt = 0;
+            loop {
+                match Disk::open(&state, STATE_CACHE_BYTES) {
+                    Ok(d) => return Ok(d),
+                    Err(e) if attempt >= 50 => return Err(e),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                }
+                attempt += 1;
+            }
+        })
+        .await?;
+        self.rollup.write().regain_disk(disk);
+        tracing::info!("the rollup's state is open again");
         Ok(())
     }
 
@@ -287,6 +322,9 @@ impl RawEvents for DataFusionDialect {
 impl EventStore for DataFusionEventStore {
     async fn insert(&self, events: &[Event]) -> Result<usize, StoreError> {
         let now = chrono::Utc::now();
+        if self.rollup.read().disk().is_none() {
+            self.reopen_state().await?;
+        }
         // The rows join the tail under the rollup's lock, so a flush takes the rows and the
         // counts they made together.
         let mut rollup = self.rollup.write();
