@@ -2,6 +2,7 @@
 //! as a group, acknowledge after the downstream write is durable, replay from an offset.
 //! Backends: the embedded on-disk log, and Kafka (feature `kafka`).
 
+pub mod consumer;
 pub mod embedded;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -9,6 +10,7 @@ pub mod kafka;
 use async_trait::async_trait;
 use std::time::Duration;
 
+pub use consumer::{commit, retry, Drain, Retryable};
 pub use embedded::{EmbeddedBusConfig, EmbeddedEventBus};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaBusConfig, KafkaEventBus};

@@ -33,6 +33,12 @@ impl StoreError {
     }
 }
 
+impl mailpipe_bus::Retryable for StoreError {
+    fn retryable(&self) -> bool {
+        StoreError::retryable(self)
+    }
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync {
     /// Adds the events whose `event_id` is not stored yet and returns how many were new. They

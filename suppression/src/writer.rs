@@ -9,7 +9,7 @@ use crate::entry::{Entry, Request, RECORD_VERSION};
 use crate::index::Index;
 use crate::list::Records;
 use chrono::Utc;
-use mailpipe_bus::{commit_points, BusError, EventBus, Message, Record, Subscription, EVENTS_TOPIC, SUPPRESSIONS_TOPIC, SUPPRESSION_REQUESTS_TOPIC};
+use mailpipe_bus::{commit, commit_points, retry, BusError, Drain, EventBus, Message, Record, EVENTS_TOPIC, SUPPRESSIONS_TOPIC, SUPPRESSION_REQUESTS_TOPIC};
 use mailpipe_config::SuppressionConfig;
 use mailpipe_schemas::{Envelope, EventType, SCHEMA_VERSION};
 use std::collections::HashMap;
@@ -44,6 +44,7 @@ impl Writer {
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         }
         let mut last_expiry = Instant::now() - EXPIRY_EVERY;
+        let mut drain = Drain::default();
         loop {
             let stopping = *shutdown.borrow();
             let wait = if stopping { Duration::from_millis(20) } else { Duration::from_millis(25) };
@@ -52,13 +53,12 @@ impl Writer {
                 _ = shutdown.changed(), if !stopping => continue,
             };
             let reqs = requests.poll(BATCH, Duration::ZERO).await?;
-            if evs.is_empty() && reqs.is_empty() {
-                if stopping && events.lag() == 0 && requests.lag() == 0 {
-                    return Ok(());
-                }
-                if stopping {
-                    continue;
-                }
+            let idle = evs.is_empty() && reqs.is_empty();
+            if drain.drained(stopping, idle, events.lag() + requests.lag()) {
+                return Ok(());
+            }
+            if idle && stopping {
+                continue;
             }
             let mut batch = Batch::default();
             for record in &evs {
@@ -86,7 +86,7 @@ impl Writer {
             return Ok(e.clone());
         }
         match self.index.offset(&key) {
-            Some(offset) => retry(|| self.records.at(offset)).await,
+            Some(offset) => retry("reading a suppression record", || self.records.at(offset)).await,
             None => Ok(Entry::new(tenant, address.as_str())),
         }
     }
@@ -138,7 +138,7 @@ impl Writer {
         for (key, offset) in self.index.due(now) {
             let mut entry = match batch.latest.get(&key) {
                 Some(e) => e.clone(),
-                None => retry(|| self.records.at(offset)).await?,
+                None => retry("reading a suppression record", || self.records.at(offset)).await?,
             };
             while let Some(changed) = entry.clone().expire(now) {
                 entry = changed.clone();
@@ -164,7 +164,7 @@ impl Writer {
                 Message { key, payload: serde_json::to_vec(e).unwrap_or_default() }
             })
             .collect();
-        let positions = retry(|| self.bus.append(SUPPRESSIONS_TOPIC, messages.clone())).await?;
+        let positions = retry("appending suppression records", || self.bus.append(SUPPRESSIONS_TOPIC, messages.clone())).await?;
         for ((key, entry), position) in batch.out.iter().zip(&positions) {
             // Answered at once; the follower reads the record later and moves the index's
             // position past it (only it knows where the next record starts).
@@ -174,40 +174,5 @@ impl Writer {
             }
         }
         Ok(())
-    }
-}
-
-async fn commit(sub: &mut dyn Subscription, upto: &[mailpipe_bus::Position]) -> Result<(), BusError> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match sub.commit(upto).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.retryable() => {
-                tracing::warn!(error = %e, "retrying the suppression writer's commit");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Retries what a retry can cure (a full disk, a broker restarting), with backoff.
-async fn retry<T, F, Fut>(mut op: F) -> Result<T, BusError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, BusError>>,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.retryable() => {
-                tracing::warn!(error = %e, "suppression writer retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
     }
 }

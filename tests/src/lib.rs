@@ -151,10 +151,22 @@ pub async fn wait_for_ok(url: &str, timeout: Duration) {
     panic!("{url} did not answer 200 within {timeout:?}");
 }
 
-/// Stops a child as an operator or supervisor does (SIGTERM) and waits for its exit status.
+/// Stops a child as an operator or supervisor does (SIGTERM) and waits for its exit status;
+/// a child that has not stopped after a minute (a drain that never ends) fails the test.
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    child.wait().unwrap()
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not stop within 60 s of SIGTERM", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 pub mod fixtures;
 pub mod servers;

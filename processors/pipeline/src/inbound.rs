@@ -2,9 +2,9 @@
 //! auto-reply events joined to the send they answer, published to the events topic (and from
 //! there stored like any event). Offsets are committed only after the events are durable.
 
-use crate::runner::{commit, retry, RunnerError};
+use crate::runner::RunnerError;
 use chrono::Utc;
-use mailpipe_bus::{commit_points, EventBus, Message, Record, DEAD_LETTER_TOPIC, EVENTS_TOPIC, INBOUND_TOPIC};
+use mailpipe_bus::{commit, commit_points, retry, EventBus, Message, Record, DEAD_LETTER_TOPIC, EVENTS_TOPIC, INBOUND_TOPIC};
 use mailpipe_inbound::{classify, Classification, Kind, Reason};
 use mailpipe_schemas::{BounceClass, Event, EventType, InboundEnvelope};
 use mailpipe_store::{EventStore, SentMessage};

@@ -1,10 +1,9 @@
 //! The processor runner: the only place that talks to the bus and the store.
 
 use crate::steps::{decode, Outcome, Processor};
-use mailpipe_bus::{commit_points, BusError, EventBus, Message, Position, Record, Subscription, DEAD_LETTER_TOPIC, EVENTS_TOPIC};
+use mailpipe_bus::{commit, commit_points, retry, BusError, Drain, EventBus, Message, Position, Record, Subscription, DEAD_LETTER_TOPIC, EVENTS_TOPIC};
 use mailpipe_store::{EventStore, StoreError};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -12,8 +11,6 @@ use tokio::sync::watch;
 const LINGER: Duration = Duration::from_millis(10);
 /// How long a poll waits once stopping.
 const STOP_POLL: Duration = Duration::from_millis(20);
-/// Longest a stopping runner keeps reading when the bus cannot say exactly what is left.
-const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -45,12 +42,9 @@ impl Runner {
         // Per partition, the position after the last record handled but not yet committed.
         let mut unflushed: BTreeMap<u32, Position> = BTreeMap::new();
         let mut last_flush = Instant::now();
-        let mut stop_since: Option<Instant> = None;
+        let mut drain = Drain::default();
         loop {
             let stopping = *shutdown.borrow();
-            if stopping && stop_since.is_none() {
-                stop_since = Some(Instant::now());
-            }
             let wait = if stopping { STOP_POLL } else { self.config.flush_interval.min(Duration::from_millis(100)) };
             let records = tokio::select! {
                 r = sub.poll(self.config.batch_max, wait) => r?,
@@ -71,7 +65,7 @@ impl Runner {
             }
             // Drained: nothing left to read, or (a bus whose lag is only an estimate) nothing
             // arrived for a while after the stop.
-            let drained = stopping && idle && (sub.lag() == 0 || stop_since.is_some_and(|t| t.elapsed() > DRAIN_LIMIT));
+            let drained = drain.drained(stopping, idle, sub.lag());
             if !unflushed.is_empty() && (drained || last_flush.elapsed() >= self.config.flush_interval) {
                 self.flush_and_commit(sub.as_mut(), &mut unflushed).await?;
                 last_flush = Instant::now();
@@ -122,7 +116,7 @@ impl Runner {
     async fn flush_and_commit(&self, sub: &mut dyn Subscription, unflushed: &mut BTreeMap<u32, Position>) -> Result<(), RunnerError> {
         retry("flushing the store", || self.store.flush()).await?;
         let upto: Vec<Position> = std::mem::take(unflushed).into_values().collect();
-        commit(sub, &upto).await
+        Ok(commit(sub, &upto).await?)
     }
 }
 
@@ -138,55 +132,3 @@ fn dead_letter(record: &Record, reason: &str) -> Message {
     Message { key: record.key.clone(), payload: body.to_string().into_bytes() }
 }
 
-/// Commits, retrying while the bus is unreachable (nothing is lost meanwhile: at worst the
-/// records are read again, and the store recognises them).
-pub(crate) async fn commit(sub: &mut dyn Subscription, upto: &[Position]) -> Result<(), RunnerError> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match sub.commit(upto).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.retryable() => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "retrying offset commit");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Retries an operation whose failure a retry can cure (a full disk, a restarting server),
-/// with backoff; nothing is acknowledged meanwhile, so nothing is lost.
-pub(crate) async fn retry<T, E, F, Fut>(what: &'static str, mut op: F) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: std::fmt::Display + Retryable,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.retryable() => {
-                tracing::warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-pub trait Retryable {
-    fn retryable(&self) -> bool;
-}
-impl Retryable for BusError {
-    fn retryable(&self) -> bool {
-        BusError::retryable(self)
-    }
-}
-impl Retryable for StoreError {
-    fn retryable(&self) -> bool {
-        StoreError::retryable(self)
-    }
-}

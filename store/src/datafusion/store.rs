@@ -164,7 +164,10 @@ impl DataFusionEventStore {
         if let Err(e) = blocking(move || disk.commit(&commit)).await {
             // fjall refuses every write after one failed (a full disk poisons its journal):
             // reopen it, which recovers the journal, so the retried commit can succeed.
-            tracing::warn!(error = %e, "committing the rollup failed; reopening its state");
+            static FAILURES: std::sync::OnceLock<mailpipe_bus::Throttle> = std::sync::OnceLock::new();
+            if let Some(failures) = FAILURES.get_or_init(|| mailpipe_bus::Throttle::every(std::time::Duration::from_secs(10))).log() {
+                tracing::warn!(error = %e, failures, "committing the rollup failed; reopening its state ({failures} since the last line like this)");
+            }
             if let Err(again) = self.reopen_state().await {
                 tracing::warn!(error = %again, "reopening the rollup's state failed; the next flush tries again");
             }
