@@ -9,6 +9,8 @@ const MAX_DIAGNOSTIC: usize = 2000;
 #[derive(Debug, Clone, Default)]
 pub struct Failure {
     pub address: String,
+    /// The mailbox `address` was expanded or forwarded to, when the report names both.
+    pub expanded_to: Option<String>,
     pub status: Option<String>,
     pub reply_code: Option<String>,
     pub action: Option<String>,
@@ -302,9 +304,12 @@ fn parse_fields(text: &str, out: &mut Vec<Failure>, info: &mut ReportInfo) {
                         // its suppression know; the final one only replaces it when it is no
                         // internet address (X.400, a local mailbox name).
                         let better = is_address(&addr) && (is_original || !is_address(&f.address));
-                        if better || f.address.is_empty() {
-                            f.address = addr;
+                        let (kept, other) = if better || f.address.is_empty() { (addr, std::mem::take(&mut f.address)) } else { (f.address.clone(), addr) };
+                        // The other address of the group is the mailbox the written one reached.
+                        if is_address(&other) && !other.eq_ignore_ascii_case(&kept) && f.expanded_to.is_none() {
+                            f.expanded_to = Some(other);
                         }
+                        f.address = kept;
                         has_final |= is_final;
                     }
                 }
@@ -535,7 +540,8 @@ pub fn from_text(text: &str, exclude: &[String]) -> Vec<Failure> {
         };
         let block = lines[start.min(end)..end].join("\n");
         let own_line = lines[*i];
-        match out.iter_mut().find(|(f, _)| f.address.eq_ignore_ascii_case(addr)) {
+        let known = |f: &Failure| f.address.eq_ignore_ascii_case(addr) || f.expanded_to.as_ref().is_some_and(|e| e.eq_ignore_ascii_case(addr));
+        match out.iter_mut().find(|(f, _)| known(f)) {
             Some((_, b)) => {
                 if !b.contains(&block) {
                     b.push('\n');
@@ -543,7 +549,13 @@ pub fn from_text(text: &str, exclude: &[String]) -> Vec<Failure> {
                 }
             }
             None => {
-                let mut f = Failure { address: addr.clone(), ..Failure::default() };
+                // "a@final (expanded from <a@written>)", Exim's "(generated from ...)" on the
+                // next line: the sender wrote the second one.
+                let written = expanded_from(own_line).or_else(|| lines.get(i + 1).and_then(|l| expanded_from(l))).filter(|w| !w.eq_ignore_ascii_case(addr));
+                let mut f = match written {
+                    Some(w) => Failure { address: w, expanded_to: Some(addr.clone()), ..Failure::default() },
+                    None => Failure { address: addr.clone(), ..Failure::default() },
+                };
                 // "554 <addr>... 550 Host unknown": the code after the dots is the remote's.
                 f.reply_code = match own_line.split_once("... ") {
                     Some((_, said)) if *kind == LineKind::Summary && said.as_bytes().first().is_some_and(u8::is_ascii_digit) => find_reply_code(said),
@@ -557,6 +569,16 @@ pub fn from_text(text: &str, exclude: &[String]) -> Vec<Failure> {
         }
     }
     finish(out)
+}
+
+/// The address in "(expanded from: a@b)", "(expanded from <a@b>)", "(generated from a@b)",
+/// "(ultimately generated from a@b)" on a line.
+fn expanded_from(line: &str) -> Option<String> {
+    let lower = line.to_ascii_lowercase();
+    let at = ["(expanded from", "generated from"].iter().find_map(|m| lower.find(m).map(|p| p + m.len()))?;
+    let rest = &line[at..];
+    let addr = clean_address(&rest[..rest.find(')')?]);
+    is_address(&addr).then_some(addr)
 }
 
 /// Every address the text mentions (but the sender's own, unless it is all there is), for

@@ -284,7 +284,8 @@ pub fn evaluate_extra(labels: &[ExtraLabel]) -> ExtraReport {
         let family = l.family.clone();
         let mut miss = |what: String| r.misses.push(format!("{}: {what}", l.file));
         let is_bounce = got.kind == Kind::Bounce;
-        let found: Vec<String> = got.recipients.iter().map(|g| g.address.to_ascii_lowercase()).collect();
+        // A recipient answered with the mailbox it was expanded to names both addresses.
+        let found: Vec<String> = got.recipients.iter().flat_map(|g| std::iter::once(&g.address).chain(&g.expanded_to)).map(|a| a.to_ascii_lowercase()).collect();
         let summary = || {
             let rs: Vec<String> = got.recipients.iter().map(|g| format!("{} {} {}{}", g.address, g.reason.as_str(), g.status, if g.permanent { "" } else { " (delay)" })).collect();
             format!("{:?} [{}]", got.kind, rs.join(", "))

@@ -66,7 +66,13 @@ impl Kind {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Recipient {
+    /// The address the sender wrote (what its send and its suppression know).
     pub address: String,
+    /// The mailbox the recipient's system forwarded or expanded `address` to, when the report
+    /// names both (`Original-Recipient` and `Final-Recipient`, Sendmail and Postfix's
+    /// "(expanded from ...)", Exim's "(generated from ...)").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expanded_to: Option<String>,
     /// Enhanced status code (RFC 3463); an x.0.9xx code when the report gives none.
     pub status: String,
     /// SMTP reply code, empty when the report does not say.
@@ -220,6 +226,7 @@ fn classify_message(msg: &mime::Message) -> Classification {
             .iter()
             .map(|a| Recipient {
                 address: a.clone(),
+                expanded_to: None,
                 status: String::new(),
                 reply_code: String::new(),
                 reason: Reason::Vacation,
@@ -254,6 +261,7 @@ fn complaint_recipients(msg: &mime::Message, fb: &Feedback) -> Vec<Recipient> {
         .into_iter()
         .map(|address| Recipient {
             address,
+            expanded_to: None,
             status: String::new(),
             reply_code: String::new(),
             reason: Reason::Feedback,
@@ -305,7 +313,11 @@ fn bounce_recipients(msg: &mime::Message) -> (Vec<Recipient>, Option<String>) {
     } else {
         // The DSN fields are authoritative; the free text fills in what they leave out.
         for f in &mut failures {
-            let words = from_text.iter().find(|t| t.address.eq_ignore_ascii_case(&f.address));
+            let words = from_text.iter().find(|t| t.address.eq_ignore_ascii_case(&f.address) || t.expanded_to.as_ref().is_some_and(|e| e.eq_ignore_ascii_case(&f.address)));
+            // A DSN that gives only the final mailbox: the text names the address it came from.
+            if let Some(t) = words.filter(|t| f.expanded_to.is_none() && !t.address.eq_ignore_ascii_case(&f.address)) {
+                f.expanded_to = Some(std::mem::replace(&mut f.address, t.address.clone()));
+            }
             if f.diagnostic.is_empty() {
                 if let Some(t) = words {
                     f.diagnostic = t.diagnostic.clone();
@@ -467,6 +479,7 @@ fn to_recipient(f: dsn::Failure, notification: Option<&str>, reporter: Option<&s
         permanent,
         signals,
         address: f.address,
+        expanded_to: f.expanded_to,
         status,
         reply_code: reply_code.unwrap_or_default(),
         reason,

@@ -7,7 +7,7 @@ use mailpipe_inbound::eval::{evaluate_extra, load_extra, Report};
 use std::path::PathBuf;
 
 /// (corpus, recipients found %, permanent/temporary %, bounces found %)
-const FLOORS: &[(&str, f64, f64, f64)] = &[("bounce_email", 100.0, 95.0, 100.0), ("bounceparser", 100.0, 100.0, 100.0), ("mailman2", 97.9, 100.0, 100.0)];
+const FLOORS: &[(&str, f64, f64, f64)] = &[("bounce_email", 100.0, 95.0, 100.0), ("bounceparser", 100.0, 100.0, 100.0), ("mailman2", 98.9, 100.0, 100.0)];
 
 #[test]
 fn extra_corpora_hold_the_floor() {

@@ -42,9 +42,24 @@ fn original_then_final_recipient_is_one_recipient() {
     assert_eq!(c.recipients.len(), 1);
     // The address the sender wrote: its send and its suppression entry know that one.
     assert_eq!(c.recipients[0].address, "alias@example.org");
+    assert_eq!(c.recipients[0].expanded_to.as_deref(), Some("a@example.org"));
     let x400 = dsn("Final-Recipient: x400; /S=a/OU=example/C=GB/\nOriginal-Recipient: rfc822; a@example.uk\nAction: failed\nStatus: 5.1.1\n\nOriginal-Recipient: rfc822; b@example.uk\nFinal-Recipient: rfc822; b@local\nAction: failed\nStatus: 5.1.1\n");
     let got: Vec<String> = classify(&x400).unwrap().recipients.into_iter().map(|r| r.address).collect();
     assert_eq!(got, ["a@example.uk", "b@example.uk"]);
+}
+
+#[test]
+fn an_expanded_address_is_answered_as_written_with_where_it_went() {
+    let text = |body: &str| format!("From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.net>\nTo: sender@example.com\nSubject: Returned mail: see transcript for details\n\n{body}").into_bytes();
+    let sendmail = text("   ----- The following addresses had permanent fatal errors -----\nb@final.example.net\n    (expanded from: a@example.org)\n\n   ----- Transcript of session follows -----\n550 5.1.1 b@final.example.net... User unknown\n");
+    let postfix = text("This is the mail system at host mx.example.net.\n\n<b@final.example.net> (expanded from <a@example.org>): host mx.final.example.net said:\n    550 5.1.1 user unknown (in reply to RCPT TO command)\n");
+    let exim = text("This message was created automatically by mail delivery software.\n\nThe following address(es) failed:\n\n  b@final.example.net\n    (generated from a@example.org)\n    SMTP error from remote mail server after RCPT TO:<b@final.example.net>:\n    550 5.1.1 user unknown\n");
+    for (name, raw) in [("sendmail", sendmail), ("postfix", postfix), ("exim", exim)] {
+        let c = classify(&raw).unwrap();
+        let got: Vec<(&str, Option<&str>)> = c.recipients.iter().map(|r| (r.address.as_str(), r.expanded_to.as_deref())).collect();
+        assert_eq!(got, [("a@example.org", Some("b@final.example.net"))], "{name}");
+        assert_eq!(c.recipients[0].reason, Reason::UserUnknown, "{name}");
+    }
 }
 
 #[test]
