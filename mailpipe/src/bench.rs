@@ -3,8 +3,8 @@
 //! DataFusion scanning the same raw rows. `guard`: what key, scope and rate-limit checks
 //! cost, against the same routes without them. `freshness`: tracking hit to queryable, p50/p99.
 //! `production`: Kafka -> processor -> ClickHouse (rows/s, events/s per core, overview
-//! latency). `suppression`: checks/s at 10 million entries, memory per entry, start-up from
-//! the snapshot, bounce-to-suppressed freshness. The pixel throughput benchmark against nginx
+//! latency, and bounce-to-suppressed freshness on `serve` over Kafka and ClickHouse). `suppression`: checks/s at 10 million entries, memory per entry, start-up from
+//! the snapshot, bounce-to-suppressed freshness. `soak`: a long steady mixed load, a row a minute. The pixel throughput benchmark against nginx
 //! is `tests/bench/pixel.sh`.
 
 use crate::demo::{Generator, Profile};
@@ -23,6 +23,8 @@ use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod soak;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -52,7 +54,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
-    /// Kafka -> processor -> ClickHouse on running servers (see tests/bench/production.sh).
+    /// Kafka -> processor -> ClickHouse on running servers (see tests/bench/production.sh), and
+    /// acknowledged hard bounce to suppressed on `serve` over them.
     Production {
         /// ClickHouse HTTP URL.
         #[arg(long, default_value = "http://127.0.0.1:8123")]
@@ -94,6 +97,17 @@ pub enum BenchCommand {
         #[arg(long)]
         path: PathBuf,
     },
+    /// `serve` at a steady mixed load (reported events, hits, DSNs) for a long time: a row a
+    /// minute of memory, descriptors, disk, store lag and p99 latency; acknowledged vs stored.
+    Soak {
+        /// Events a second, all kinds together.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        #[arg(long, default_value = "./bench-data/soak")]
+        dir: PathBuf,
+    },
     /// Hit-to-queryable latency under a steady stream of open pixel hits.
     Freshness {
         #[arg(long, default_value_t = 2000)]
@@ -108,6 +122,7 @@ pub async fn run(command: BenchCommand, _config: Config) -> anyhow::Result<()> {
         BenchCommand::Overview { events, dir, queries, scans } => overview(events, dir, queries, scans).await,
         BenchCommand::Guard { events, dir, seconds, rounds, concurrency } => guard_cost(events, dir, seconds, rounds, concurrency).await,
         BenchCommand::Freshness { rate, seconds } => freshness(rate, seconds).await,
+        BenchCommand::Soak { rate, minutes, dir } => soak::soak(rate, minutes, dir).await,
         BenchCommand::Suppression { entries, dir, seconds, concurrency, bounces } => suppression(entries, dir, seconds, concurrency, bounces).await,
         BenchCommand::SuppressionSnapshot { entries, path } => suppression_snapshot(entries, &path),
         BenchCommand::Production { clickhouse, brokers, events, queries, batch } => production(clickhouse, brokers, events, queries, batch).await,
@@ -579,7 +594,64 @@ async fn production(clickhouse_url: String, brokers: String, events: usize, quer
         "the server alone, INSERT SELECT of {rows} of these rows from memory: into events (4 materialized views) {:.0} rows/s; into a copy without views {:.0} rows/s",
         ceiling[0], ceiling[1]
     );
+    kafka_freshness(&clickhouse_url, &config.database, &brokers, 200).await?;
     client.query(&format!("DROP DATABASE IF EXISTS {}", config.database)).execute().await.ok();
+    Ok(())
+}
+
+/// Posts `bounces` hard bounces one after another to `base` and, after each 202, checks its
+/// address until it is suppressed: p50 and p99 of acknowledged to suppressed, in seconds.
+async fn bounce_to_suppressed(client: &reqwest::Client, base: &str, key: &str, bounces: usize) -> anyhow::Result<(f64, f64)> {
+    let run = std::process::id();
+    let mut took = Vec::with_capacity(bounces);
+    for i in 0..bounces {
+        let address = format!("fresh{i}.{run}@bounce.example");
+        let bounce = serde_json::json!([{"type": "bounced", "campaign": "bench", "message_id": format!("<f{i}.{run}@bench>"), "recipient": address, "bounce_class": "hard", "status": "5.1.1"}]);
+        let res = client.post(format!("{base}/v1/events")).bearer_auth(key).json(&bounce).send().await?;
+        anyhow::ensure!(res.status() == 202, "event answered {}", res.status());
+        let acked = Instant::now();
+        loop {
+            let res = client.post(format!("{base}/v1/suppressions/check")).bearer_auth(key).json(&serde_json::json!({"recipients": [address]})).send().await?;
+            anyhow::ensure!(res.status() == 200, "check answered {}", res.status());
+            let answer: serde_json::Value = res.json().await?;
+            if answer["suppressed"].as_array().is_some_and(|a| !a.is_empty()) {
+                took.push(acked.elapsed().as_secs_f64());
+                break;
+            }
+            anyhow::ensure!(acked.elapsed() < Duration::from_secs(30), "{address} not suppressed after 30 s");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    took.sort_by(f64::total_cmp);
+    Ok((percentile(&took, 0.5), percentile(&took, 0.99)))
+}
+
+/// `serve` on Kafka and ClickHouse (every role in this process, the suppression writer and the
+/// follower of its topic included): acknowledged hard bounce to suppressed.
+async fn kafka_freshness(clickhouse_url: &str, database: &str, brokers: &str, bounces: usize) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let file = dir.join("mailpipe.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = \"{}\"\n[bus]\nbackend = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"fresh{}.\"\n\
+             [store]\nbackend = \"clickhouse\"\nurl = \"{clickhouse_url}\"\ndatabase = \"{database}\"\n",
+            dir.display(),
+            std::process::id()
+        ),
+    )?;
+    let app = App::open(Config::load(Some(&file))?).await?;
+    app.suppressions.state.index.wait_ready().await;
+    app.registry.create_tenant(SUPPRESSION_TENANT)?;
+    let mut new = mailpipe_tenants::NewKey::new(SUPPRESSION_TENANT, &[mailpipe_tenants::Scope::SuppressionsRead, mailpipe_tenants::Scope::EventsWrite]);
+    new.rate_limit_per_minute = Some(u32::MAX / 2);
+    let key = app.registry.create_api_key(new)?;
+    let running = app.start(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
+    let (p50, p99) = bounce_to_suppressed(&reqwest::Client::new(), &format!("http://{}", running.addr), &key, bounces).await?;
+    println!("freshness, kafka + clickhouse (`serve` on them): acknowledged hard bounce to suppressed, {bounces} bounces: p50 {:.1} ms, p99 {:.1} ms", p50 * 1000.0, p99 * 1000.0);
+    running.shutdown().await?;
+    std::fs::remove_dir_all(dir).ok();
     Ok(())
 }
 
@@ -727,28 +799,8 @@ async fn suppression(entries: u64, dir: PathBuf, seconds: u64, concurrency: usiz
     let (half, p50, p99, _, _) = run(Some(rate / 2.0 / 1000.0)).await?;
     println!("checks at half that load ({half:.0} addresses/s): per batch p50 {:.2} ms, p99 {:.2} ms", p50 * 1000.0, p99 * 1000.0);
 
-    // Freshness: an acknowledged hard bounce to suppressed in the check API.
-    let events_url = format!("http://{}/v1/events", running.addr);
-    let mut took = Vec::with_capacity(bounces);
-    for i in 0..bounces {
-        let address = format!("fresh{i}@bounce.example");
-        let bounce = serde_json::json!([{"type": "bounced", "campaign": "bench", "message_id": format!("<f{i}@bench>"), "recipient": address, "bounce_class": "hard", "status": "5.1.1"}]);
-        let res = client.post(&events_url).bearer_auth(&key).json(&bounce).send().await?;
-        anyhow::ensure!(res.status() == 202, "event answered {}", res.status());
-        let acked = Instant::now();
-        loop {
-            let answer: serde_json::Value = client.post(&url).bearer_auth(&key).json(&serde_json::json!({"recipients": [address]})).send().await?.json().await?;
-            if answer["suppressed"].as_array().is_some_and(|a| !a.is_empty()) {
-                took.push(acked.elapsed().as_secs_f64());
-                break;
-            }
-            anyhow::ensure!(acked.elapsed() < Duration::from_secs(30), "{address} not suppressed after 30 s");
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    took.sort_by(f64::total_cmp);
-    println!("freshness, embedded: acknowledged hard bounce to suppressed, {bounces} bounces: p50 {:.1} ms, p99 {:.1} ms", percentile(&took, 0.5) * 1000.0, percentile(&took, 0.99) * 1000.0);
+    let (p50, p99) = bounce_to_suppressed(&client, &format!("http://{}", running.addr), &key, bounces).await?;
+    println!("freshness, embedded: acknowledged hard bounce to suppressed, {bounces} bounces: p50 {:.1} ms, p99 {:.1} ms", p50 * 1000.0, p99 * 1000.0);
     running.shutdown().await?;
     std::fs::remove_dir_all(dir).ok();
     Ok(())
