@@ -5,7 +5,8 @@ use std::path::PathBuf;
 #[serde(deny_unknown_fields)]
 pub struct DataFusionStoreConfig {
     pub dir: PathBuf,
-    /// A day partition with more files than this is compacted into one.
+    /// A day partition with more small files than this is compacted (the newest of them,
+    /// merged into files whose sizes halve from old to new: see `to_merge`).
     #[serde(default = "default_compact_after_files")]
     pub compact_after_files: usize,
 }

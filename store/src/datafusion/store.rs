@@ -210,7 +210,10 @@ impl DataFusionEventStore {
             for f in files.iter().filter(|f| f.last <= committed) {
                 by_day.entry(&f.day).or_default().push(f.clone());
             }
-            by_day.into_values().filter(|fs| fs.len() > self.config.compact_after_files).collect()
+            by_day.into_values().map(|mut fs| {
+                fs.sort_by_key(|f| (f.first, f.last));
+                to_merge(&fs, self.config.compact_after_files)
+            }).filter(|run| run.len() > 1).collect()
         };
         for inputs in crowded {
             let root = self.root.clone();
@@ -226,6 +229,74 @@ impl DataFusionEventStore {
             metrics::counter!("mailpipe_store_compactions_total").increment(1);
         }
         Ok(())
+    }
+}
+
+/// Past this size a data file is left as it is: one compaction reads its inputs into memory
+/// and holds up the flush that started it, so both stay bounded.
+const COMPACT_MAX_BYTES: u64 = 64 << 20;
+
+/// Which of a day's committed files (in sequence order) one compaction merges, once more than
+/// `after` of them are under `COMPACT_MAX_BYTES`: the newest, then each older one while it is
+/// no bigger than those taken so far together. Sizes then halve from old to new, like a binary
+/// counter, so a row is rewritten about log2(day / flush) times (merging the whole day each
+/// time rewrote it at every compaction: the pause grew with the day, and with it the lag).
+fn to_merge(day: &[DataFile], after: usize) -> Vec<DataFile> {
+    let sizes: Vec<u64> = day.iter().map(|f| std::fs::metadata(&f.path).map_or(0, |m| m.len())).collect();
+    let n = newest_to_merge(&sizes, after, COMPACT_MAX_BYTES);
+    day[day.len() - n..].to_vec()
+}
+
+/// How many of the newest files (`sizes` in sequence order) `to_merge` takes; 0 or 1: none.
+fn newest_to_merge(sizes: &[u64], after: usize, max: u64) -> usize {
+    let small = sizes.iter().rev().take_while(|n| **n < max).count();
+    if small <= after {
+        return 0;
+    }
+    let mut total = 0;
+    let mut run = 0;
+    for &n in sizes.iter().rev().take(small) {
+        if run > 0 && (n > total || total + n > max) {
+            break;
+        }
+        total += n;
+        run += 1;
+    }
+    run
+}
+
+#[cfg(test)]
+mod compaction {
+    use super::newest_to_merge;
+
+    /// Flushes of one unit each, compacted as the store does: what is rewritten in all, the
+    /// largest single compaction, and how many files are left.
+    fn simulate(flushes: u64, after: usize, max: u64) -> (u64, u64, usize) {
+        let (mut files, mut rewritten, mut largest) = (Vec::<u64>::new(), 0, 0);
+        for _ in 0..flushes {
+            files.push(1);
+            loop {
+                let n = newest_to_merge(&files, after, max);
+                if n < 2 {
+                    break;
+                }
+                let merged: u64 = files.drain(files.len() - n..).sum();
+                (rewritten, largest) = (rewritten + merged, largest.max(merged));
+                files.push(merged);
+            }
+        }
+        (rewritten, largest, files.len())
+    }
+
+    #[test]
+    fn a_row_is_rewritten_about_log_times_and_no_compaction_grows_with_the_day() {
+        let flushes = 100_000;
+        let (rewritten, largest, left) = simulate(flushes, 16, 4096);
+        // Merging the whole day at every compaction rewrote ~flushes^2 / 32 units (3e8 here).
+        assert!(rewritten <= flushes * 13, "{rewritten} units rewritten for {flushes} flushed");
+        assert!(largest <= 4096, "a compaction of {largest} units");
+        // The frozen files (at the cap) plus at most 16 small ones.
+        assert!(left as u64 <= flushes / 2048 + 16 + 1, "{left} files left");
     }
 }
 
