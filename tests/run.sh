@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need that cargo does not (Debian's
-# chromium for the browser test, Debian's postfix for the mail-server-in-the-loop test,
+# chromium for the browser test, Debian's postfix for the mail-server-in-the-loop test, Debian's
+# faketime for the fault suite's clock step,
 # playwright-core, cargo-nextest, Debian's clickhouse-server
 # and the tansu Kafka broker for the production-backend tests, Schemathesis from PyPI for the
 # API contract test) and runs every test of the workspace. Reuses the build of
@@ -30,6 +31,7 @@ command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server)
 command -v curl >/dev/null || need_apt+=(curl)
 [ -x /usr/sbin/postfix ] || need_apt+=(postfix)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need_apt+=(faketime)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v cc >/dev/null && command -v make >/dev/null || need_apt+=(build-essential)

@@ -100,10 +100,11 @@ pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("MAILPIPE_BIN") {
         return p.into();
     }
+    // A test runs from target/<profile>/deps, a tool (`chaos`) from target/<profile>.
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("mailpipe");
-    assert!(bin.exists(), "{} not built; run the tests with `cargo nextest run --workspace`", bin.display());
-    bin
+    let dirs = [exe.parent().and_then(Path::parent), exe.parent()];
+    let bin = dirs.iter().flatten().map(|d| d.join("mailpipe")).find(|b| b.exists());
+    bin.unwrap_or_else(|| panic!("mailpipe not built next to {}; build it with `cargo build --release -p mailpipe`", exe.display()))
 }
 
 /// Runs a `mailpipe` tool command on `data_dir` and returns its standard output.
@@ -168,5 +169,7 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+pub mod chaos;
 pub mod fixtures;
+pub mod roles;
 pub mod servers;

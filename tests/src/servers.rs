@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -208,7 +209,8 @@ impl Kafka {
     }
 }
 
-fn signal(child: &Child, name: &str) {
+/// Sends signal `name` (`STOP`, `CONT`, `KILL`) to `child`.
+pub fn signal(child: &Child, name: &str) {
     let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().is_ok_and(|s| s.success());
     assert!(ok, "kill -{name} {}", child.id());
 }

@@ -8,10 +8,11 @@ use chrono::Utc;
 use mailpipe_bus::{commit_points, EventBus, KafkaBusConfig, KafkaEventBus, Message, DEAD_LETTER_TOPIC, EVENTS_TOPIC};
 use mailpipe_schemas::{Event, EventType};
 use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
-use mailpipe_tests::{binary, terminate, wait_for_ok};
-use mailpipe_tests::servers::{ClickHouse, Kafka};
+use mailpipe_tests::roles::{role_env, spawn_process, spawn_role, write_config};
+use mailpipe_tests::servers::{free_port, ClickHouse, Kafka};
+use mailpipe_tests::{binary, terminate, tool, wait_for_ok};
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -89,47 +90,6 @@ async fn kafka_keeps_order_per_key_and_resumes_from_the_committed_offsets() {
     // A new group starts from the beginning.
     let mut other = bus.subscribe(EVENTS_TOPIC, "h").await.unwrap();
     assert_eq!(read(&mut other, 600).await.len(), 600);
-}
-
-/// Environment of a `mailpipe` role on Kafka and ClickHouse, listening on a free port (returned).
-fn role_env(cmd: &mut Command, kafka: &Kafka, ch: &ClickHouse, database: &str, data: &std::path::Path, config: &std::path::Path) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    cmd.env("MAILPIPE_CONFIG", config)
-        .env("MAILPIPE__DATA_DIR", data)
-        .env("MAILPIPE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("MAILPIPE__BUS__BROKERS", kafka.brokers())
-        .env("MAILPIPE__STORE__URL", ch.url())
-        .env("MAILPIPE__STORE__DATABASE", database)
-        .env("RUST_LOG", std::env::var("MAILPIPE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    port
-}
-
-/// The processors poll up to `batch_max` records and take only whole fetches beyond the first
-/// record, so with a `batch_max` above everything a test publishes they never commit in the
-/// middle of a producer's record batch: tansu, unlike Kafka, skips the rest of a batch when a
-/// fetch starts in its middle, and a partition handed over after such a commit would lose it.
-fn write_config(dir: &std::path::Path, prefix: &str) -> std::path::PathBuf {
-    let path = dir.join("mailpipe.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[bus]\nbackend = \"kafka\"\nbrokers = \"unset\"\ntopic_prefix = \"{prefix}\"\npartitions = 4\n\
-             [bus.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-             [store]\nbackend = \"clickhouse\"\nurl = \"http://unset\"\n\
-             [processor]\nbatch_max = 100000\nflush_interval_ms = 100\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn spawn_process(kafka: &Kafka, ch: &ClickHouse, database: &str, dir: &std::path::Path, config: &std::path::Path) -> Child {
-    let mut cmd = Command::new(binary());
-    cmd.arg("process");
-    role_env(&mut cmd, kafka, ch, database, dir, config);
-    cmd.spawn().unwrap()
 }
 
 /// Waits until the store's count stops moving at `expected` (or the time is up) and returns
@@ -236,28 +196,13 @@ async fn restarting_clickhouse_mid_stream_loses_and_doubles_nothing_and_poison_d
     assert!(letter["reason"].as_str().unwrap().contains("undecodable"), "{letter}");
 }
 
-/// Spawns one role; returns the child and its base URL once `/healthz` answers.
-async fn spawn_role(role: &str, kafka: &Kafka, ch: &ClickHouse, database: &str, dir: &std::path::Path, config: &std::path::Path) -> (Child, String) {
-    let mut cmd = Command::new(binary());
-    cmd.arg(role);
-    let port = role_env(&mut cmd, kafka, ch, database, dir, config);
-    let child = cmd.spawn().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for_ok(&format!("{base}/readyz"), Duration::from_secs(30)).await;
-    (child, base)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_process_and_query_roles_work_together_on_kafka_and_clickhouse() {
     let kafka = Kafka::start();
     let ch = ClickHouse::start();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "roles.");
-    let registry = |args: &[&str]| {
-        let out = Command::new(binary()).args(args).env("MAILPIPE__DATA_DIR", dir.path()).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let registry = |args: &[&str]| tool(dir.path(), args).trim().to_string();
     registry(&["tenants", "create", "acme"]);
     registry(&["tenants", "create", "globex"]);
     let write = registry(&["keys", "create", "--tenant", "acme", "--scope", "write"]);
@@ -268,7 +213,7 @@ async fn ingest_process_and_query_roles_work_together_on_kafka_and_clickhouse() 
     let migrate = |expect: &str| {
         let mut cmd = Command::new(binary());
         cmd.arg("migrate");
-        role_env(&mut cmd, &kafka, &ch, "roles", dir.path(), &config);
+        role_env(&mut cmd, &kafka, &ch, "roles", dir.path(), &config, free_port());
         let out = cmd.stdout(Stdio::piped()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -320,11 +265,7 @@ async fn suppressions_on_kafka_appear_by_themselves_and_survive_kill_9_of_every_
     let ch = ClickHouse::start();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "supp.");
-    let registry = |args: &[&str]| {
-        let out = Command::new(binary()).args(args).env("MAILPIPE__DATA_DIR", dir.path()).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let registry = |args: &[&str]| tool(dir.path(), args).trim().to_string();
     registry(&["tenants", "create", "acme"]);
     registry(&["tenants", "create", "globex"]);
     let write = registry(&["keys", "create", "--tenant", "acme", "--scope", "events:write,inbound:write", "--tier", "enterprise"]);
@@ -395,11 +336,7 @@ async fn a_stalled_broker_and_a_store_outage_answer_503_in_bounded_time_and_lose
     let mut ch = ClickHouse::start();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "stall.");
-    let registry = |args: &[&str]| {
-        let out = Command::new(binary()).args(args).env("MAILPIPE__DATA_DIR", dir.path()).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let registry = |args: &[&str]| tool(dir.path(), args).trim().to_string();
     registry(&["tenants", "create", "acme"]);
     let write = registry(&["keys", "create", "--tenant", "acme", "--scope", "write"]);
     let read = registry(&["keys", "create", "--tenant", "acme", "--scope", "read"]);
