@@ -2,7 +2,6 @@
 // (#key=...) or local storage, and draws totals, rates and the daily series.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
 const state = { days: 30, from: null, to: null, campaign: "", data: null };
 
@@ -14,23 +13,6 @@ const KPIS = [
   ["replies", "Replies", "reply_rate"], ["auto_replies", "Auto-replies"], ["conversions", "Conversions", "conversion_rate"],
   ["revenue_micros", "Revenue"],
 ];
-
-function apiKey() {
-  const m = location.hash.match(/key=([^&]+)/);
-  if (m) {
-    localStorage.setItem("mailpipe.key", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname);
-  }
-  return localStorage.getItem("mailpipe.key");
-}
-
-async function api(path) {
-  const res = await fetch(path, { headers: { Authorization: "Bearer " + apiKey() } });
-  const body = await res.json().catch(() => ({}));
-  if (res.status === 401) { showLogin("That API key was not accepted."); throw new Error("unauthorized"); }
-  if (!res.ok) throw new Error((body.errors || []).map((e) => `${e.field}: ${e.reason}`).join("; ") || res.statusText);
-  return body;
-}
 
 function fmt(key, v) {
   if (key === "revenue_micros") return (v / 1e6).toLocaleString(undefined, { maximumFractionDigits: 2 });
@@ -127,16 +109,7 @@ function setDays(days) {
   load();
 }
 
-function showLogin(message) {
-  $("app").hidden = true;
-  $("login").hidden = false;
-  if (message) $("error").textContent = message;
-}
-
 async function start() {
-  if (!apiKey()) return showLogin();
-  $("login").hidden = true;
-  $("app").hidden = false;
   try { await loadCampaigns(); } catch (e) { return; }
   loadSuppressions();
   setDays(30);
@@ -146,9 +119,4 @@ document.querySelectorAll(".ranges button").forEach((b) => b.addEventListener("c
 $("filters").addEventListener("submit", (e) => { e.preventDefault(); load(); });
 $("campaign").addEventListener("change", (e) => { state.campaign = e.target.value; load(); });
 $("series").addEventListener("change", () => state.data && drawChart());
-$("login-form").addEventListener("submit", (e) => {
-  e.preventDefault();
-  localStorage.setItem("mailpipe.key", $("key").value.trim());
-  start();
-});
-start();
+withKey(start);

@@ -2,24 +2,9 @@
 // address with its history (GET /v1/suppressions/{address}), with the provenance of each change.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const when = (t) => (t ? new Date(t).toISOString().slice(0, 16).replace("T", " ") : "");
 const state = { cursor: null, shown: 0 };
-
-function apiKey() {
-  const m = location.hash.match(/key=([^&]+)/);
-  if (m) localStorage.setItem("mailpipe.key", decodeURIComponent(m[1]));
-  return localStorage.getItem("mailpipe.key");
-}
-
-async function api(path) {
-  const res = await fetch(path, { headers: { Authorization: "Bearer " + apiKey() } });
-  const body = await res.json().catch(() => ({}));
-  if (res.status === 401) { showLogin("That API key was not accepted."); throw new Error("unauthorized"); }
-  if (!res.ok) throw new Error((body.errors || []).map((e) => `${e.field}: ${e.reason}`).join("; ") || res.statusText);
-  return body;
-}
 
 // What caused a change, in a few words.
 function cause(p) {
@@ -76,16 +61,7 @@ async function lookUp(address) {
   } catch (err) { showError(err); }
 }
 
-function showLogin(message) {
-  $("app").hidden = true;
-  $("login").hidden = false;
-  if (message) $("error").textContent = message;
-}
-
 function start() {
-  if (!apiKey()) return showLogin();
-  $("login").hidden = true;
-  $("app").hidden = false;
   const m = location.hash.match(/reason=([a-z_]+)/);
   if (m) $("reason").value = m[1];
   loadPage(true);
@@ -101,9 +77,4 @@ $("entries").addEventListener("click", (e) => {
   e.preventDefault();
   lookUp(a.closest("tr").dataset.address);
 });
-$("login-form").addEventListener("submit", (e) => {
-  e.preventDefault();
-  localStorage.setItem("mailpipe.key", $("key").value.trim());
-  start();
-});
-start();
+withKey(start);

@@ -27,6 +27,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
     let pages = Router::new()
         .route("/", get(|| async { Html(include_str!("../../dashboards/index.html")) }))
         .route("/suppressions", get(|| async { Html(include_str!("../../dashboards/suppressions.html")) }))
+        .route("/assets/common.js", get(|| async { asset("text/javascript", include_str!("../../dashboards/common.js")) }))
         .route("/assets/dashboard.js", get(|| async { asset("text/javascript", include_str!("../../dashboards/dashboard.js")) }))
         .route("/assets/suppressions.js", get(|| async { asset("text/javascript", include_str!("../../dashboards/suppressions.js")) }))
         .route("/assets/dashboard.css", get(|| async { asset("text/css", include_str!("../../dashboards/dashboard.css")) }));

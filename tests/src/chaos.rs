@@ -124,7 +124,8 @@ pub struct Row {
     pub caught_up: Option<Duration>,
     /// The most events acknowledged and not yet stored at once.
     pub peak_lag: u64,
-    /// Events stored per second between the heal and catching up, when that took a while.
+    /// Events stored per second between the heal and catching up, after a backlog of at least
+    /// 10,000 events.
     pub catch_up_rate: Option<f64>,
     /// What the store answered at the end (the overview's sends for today, embedded; rows in
     /// ClickHouse), to compare with `stored`.
@@ -559,9 +560,11 @@ pub async fn run(fault: Fault, long: bool, rate: u64) -> Row {
     let stored_at_heal = samples.iter().take_while(|s| s.0 < healed).filter_map(|s| s.2).last().unwrap_or(0);
     let caught = samples.iter().find(|s| s.0 >= healed && s.2.is_some_and(|n| n >= acked_before_heal));
     let caught_up = caught.map(|s| s.0 - healed);
+    // Only a backlog worth the name says how fast the store catches up.
+    let backlog = acked_before_heal.saturating_sub(stored_at_heal);
     let catch_up_rate = caught
-        .filter(|s| s.0 - healed > Duration::from_secs(2))
-        .map(|s| (s.2.unwrap() - stored_at_heal.min(s.2.unwrap())) as f64 / (s.0 - healed).as_secs_f64());
+        .filter(|s| backlog >= 10_000 && s.0 > healed)
+        .map(|s| s.2.unwrap().saturating_sub(stored_at_heal) as f64 / (s.0 - healed).as_secs_f64());
     let stopped_before_heal = !log.acks.iter().any(|t| *t < healed && *t + Duration::from_secs(1) >= healed);
     let acking_again = match log.acks.iter().find(|t| **t >= healed) {
         Some(t) if stopped_before_heal => *t - healed,
