@@ -61,7 +61,8 @@ impl KafkaBusConfig {
 
 pub struct KafkaEventBus {
     config: KafkaBusConfig,
-    producer: FutureProducer,
+    /// Replaced (the number counts them) when it has failed for good (see `live_producer`).
+    producer: parking_lot::RwLock<(u64, FutureProducer)>,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,16 +74,7 @@ fn unavailable(what: &str) -> impl Fn(KafkaError) -> BusError + '_ {
 impl KafkaEventBus {
     /// Connects, and creates mailpipe's topics when they are missing.
     pub async fn connect(config: KafkaBusConfig) -> Result<KafkaEventBus, BusError> {
-        let producer: FutureProducer = config
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000")
-            .set("message.max.bytes", crate::MAX_MESSAGE_BYTES.to_string())
-            .create()
-            .map_err(|e| BusError::Invalid(format!("kafka producer configuration: {e}")))?;
+        let producer = parking_lot::RwLock::new((0, producer(&config)?));
         let bus = KafkaEventBus { config, producer };
         let partitions = bus.config.partitions;
         bus.create_topics(&[
@@ -96,6 +88,30 @@ impl KafkaEventBus {
         ])
         .await?;
         Ok(bus)
+    }
+
+    /// The producer, after replacing it if librdkafka has declared it failed for good: an
+    /// idempotent producer whose messages timed out during a long broker outage can be fenced
+    /// (`ProducerFenced`, a fatal error), and a fatal producer fails every publish after it. The
+    /// publish that met it is refused (and retried by its sender); the next one goes through a
+    /// new producer, whose id the broker does not confuse with the old one's.
+    fn live_producer(&self) -> Result<(u64, FutureProducer), BusError> {
+        let (generation, current) = self.producer.read().clone();
+        match current.client().fatal_error() {
+            None => Ok((generation, current)),
+            Some((code, reason)) => self.replace_producer(generation, &format!("{code}: {reason}")),
+        }
+    }
+
+    /// Replaces producer `generation` unless another caller already has.
+    fn replace_producer(&self, generation: u64, why: &str) -> Result<(u64, FutureProducer), BusError> {
+        let mut slot = self.producer.write();
+        if slot.0 == generation {
+            tracing::error!(error = why, "the kafka producer failed for good; replacing it");
+            metrics::counter!("mailpipe_bus_producers_replaced_total").increment(1);
+            *slot = (generation + 1, producer(&self.config)?);
+        }
+        Ok(slot.clone())
     }
 
     /// Creates the topics that are missing: (name, partitions, compacted).
@@ -139,11 +155,18 @@ impl KafkaEventBus {
 impl EventBus for KafkaEventBus {
     async fn append(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Position>, BusError> {
         let topic = self.config.topic(topic);
+        let (generation, producer) = self.live_producer()?;
+        let failed = |e: KafkaError| {
+            if fenced(&e) {
+                let _ = self.replace_producer(generation, &e.to_string());
+            }
+            unavailable("publish")(e)
+        };
         // Everything is queued first (librdkafka batches it), then every delivery awaited.
         let mut deliveries = Vec::with_capacity(messages.len());
         for m in &messages {
             loop {
-                match self.producer.send_result(FutureRecord::to(&topic).key(&m.key).payload(&m.payload)) {
+                match producer.send_result(FutureRecord::to(&topic).key(&m.key).payload(&m.payload)) {
                     Ok(delivery) => {
                         deliveries.push(delivery);
                         break;
@@ -151,7 +174,7 @@ impl EventBus for KafkaEventBus {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((e, _)) => return Err(unavailable("publish")(e)),
+                    Err((e, _)) => return Err(failed(e)),
                 }
             }
         }
@@ -159,7 +182,7 @@ impl EventBus for KafkaEventBus {
         for delivery in deliveries {
             match delivery.await {
                 Ok(Ok(d)) => positions.push(Position { partition: d.partition as u32, offset: d.offset as u64 }),
-                Ok(Err((e, _))) => return Err(unavailable("publish")(e)),
+                Ok(Err((e, _))) => return Err(failed(e)),
                 Err(_) => return Err(BusError::Closed),
             }
         }
@@ -167,25 +190,14 @@ impl EventBus for KafkaEventBus {
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, BusError> {
-        let context = GroupContext { lag: Arc::new(AtomicU64::new(0)), group: group.to_string() };
-        let lag = context.lag.clone();
-        let consumer: StreamConsumer<GroupContext> = self
-            .config
-            .client_config()
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("statistics.interval.ms", "1000")
-            .create_with_context(context)
-            .map_err(|e| BusError::Invalid(format!("kafka consumer configuration: {e}")))?;
-        let topic = self.config.topic(topic);
-        consumer.subscribe(&[&topic]).map_err(unavailable("subscribe"))?;
-        Ok(Box::new(KafkaSubscription { consumer: Arc::new(consumer), topic, lag, reader: None }))
+        let (lag, revoked) = (Arc::new(AtomicU64::new(0)), Arc::new(parking_lot::Mutex::new(None)));
+        let member = Member { config: self.config.client_config(), group: group.to_string(), topic: self.config.topic(topic), lag: lag.clone(), revoked: revoked.clone() };
+        let consumer = Arc::new(member.join()?);
+        Ok(Box::new(KafkaSubscription { consumer, topic: member.topic.clone(), lag, revoked, member: Some(member), reader: None }))
     }
 
     async fn reader(&self, topic: &str) -> Result<Box<dyn Subscription>, BusError> {
-        let context = GroupContext { lag: Arc::new(AtomicU64::new(0)), group: format!("reader-{topic}") };
+        let context = GroupContext { lag: Arc::new(AtomicU64::new(0)), group: format!("reader-{topic}"), revoked: Default::default() };
         let lag = context.lag.clone();
         // A group id librdkafka wants even for assigned partitions; nothing is ever committed.
         let consumer: StreamConsumer<GroupContext> = self
@@ -217,11 +229,11 @@ impl EventBus for KafkaEventBus {
             tpl.add_partition_offset(&topic, *p, Offset::Beginning).map_err(unavailable("assign"))?;
         }
         consumer.assign(&tpl).map_err(unavailable("assign"))?;
-        Ok(Box::new(KafkaSubscription { consumer, topic, lag, reader: Some(Reader { ends, read: BTreeMap::new() }) }))
+        Ok(Box::new(KafkaSubscription { consumer, topic, lag, revoked: Default::default(), member: None, reader: Some(Reader { ends, read: BTreeMap::new() }) }))
     }
 
     async fn health(&self) -> Result<(), BusError> {
-        let producer = self.producer.clone();
+        let (_, producer) = self.live_producer()?;
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(2)).map(|_| ()))
             .await
             .map_err(|_| BusError::Closed)?
@@ -229,10 +241,64 @@ impl EventBus for KafkaEventBus {
     }
 }
 
+/// An error after which an idempotent producer never publishes again (librdkafka keeps
+/// answering it): the broker has fenced its producer id or lost its sequence.
+fn fenced(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(ProducerFenced | InvalidProducerEpoch | OutOfOrderSequenceNumber | UnknownProducerId | InvalidProducerIdMapping | Fatal)
+    )
+}
+
+/// mailpipe's producer: idempotent, `acks=all`.
+fn producer(config: &KafkaBusConfig) -> Result<FutureProducer, BusError> {
+    config
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", crate::MAX_MESSAGE_BYTES.to_string())
+        .create()
+        .map_err(|e| BusError::Invalid(format!("kafka producer configuration: {e}")))
+}
+
+/// A consumer group member's making: a new one joins with a new member id.
+struct Member {
+    config: ClientConfig,
+    group: String,
+    topic: String,
+    lag: Arc<AtomicU64>,
+    revoked: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+}
+
+impl Member {
+    fn join(&self) -> Result<StreamConsumer<GroupContext>, BusError> {
+        let context = GroupContext { lag: self.lag.clone(), group: self.group.clone(), revoked: self.revoked.clone() };
+        let consumer: StreamConsumer<GroupContext> = self
+            .config
+            .clone()
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(context)
+            .map_err(|e| BusError::Invalid(format!("kafka consumer configuration: {e}")))?;
+        consumer.subscribe(&[&self.topic]).map_err(unavailable("subscribe"))?;
+        Ok(consumer)
+    }
+}
+
 /// Logs rebalances and keeps the group's lag from librdkafka's statistics.
 struct GroupContext {
     lag: Arc<AtomicU64>,
     group: String,
+    /// Since when the member has had its partitions revoked with no assignment since (not even
+    /// an empty one): a join the coordinator has not answered.
+    revoked: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 impl ClientContext for GroupContext {
@@ -252,8 +318,14 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(group = %self.group, partitions = tpl.count(), "kafka partitions assigned"),
-            Rebalance::Revoke(tpl) => tracing::info!(group = %self.group, partitions = tpl.count(), "kafka partitions revoked"),
+            Rebalance::Assign(tpl) => {
+                *self.revoked.lock() = None;
+                tracing::info!(group = %self.group, partitions = tpl.count(), "kafka partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                self.revoked.lock().get_or_insert_with(std::time::Instant::now);
+                tracing::info!(group = %self.group, partitions = tpl.count(), "kafka partitions revoked")
+            }
             Rebalance::Error(e) => tracing::warn!(group = %self.group, error = %e, "kafka rebalance error"),
         }
     }
@@ -263,6 +335,9 @@ pub struct KafkaSubscription {
     consumer: Arc<StreamConsumer<GroupContext>>,
     topic: String,
     lag: Arc<AtomicU64>,
+    revoked: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+    /// How to make the group's consumer again (none for a reader).
+    member: Option<Member>,
     /// Assigned every partition, in no group: nothing to commit.
     reader: Option<Reader>,
 }
@@ -285,9 +360,34 @@ fn record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     }
 }
 
+/// How long a member may wait for an assignment after its partitions were revoked before it
+/// leaves and joins its group again.
+const JOIN_LIMIT: Duration = Duration::from_secs(30);
+
+impl KafkaSubscription {
+    /// A member whose session timed out (a broker that stalled longer than
+    /// `session.timeout.ms`) has its partitions revoked and joins again; if the coordinator never
+    /// answers that join (tansu 0.6 does not, even to the same member subscribing again),
+    /// nothing is read again until a restart. After `JOIN_LIMIT` without an assignment the
+    /// consumer is replaced by a new one, which joins as a new member.
+    fn rejoin_if_stuck(&mut self) -> Result<(), BusError> {
+        let since = *self.revoked.lock();
+        let Some(member) = self.member.as_ref().filter(|_| since.is_some_and(|t| t.elapsed() > JOIN_LIMIT)) else { return Ok(()) };
+        tracing::warn!(topic = %self.topic, waited_s = JOIN_LIMIT.as_secs(), "no partitions assigned since they were revoked; joining the group again as a new member");
+        metrics::counter!("mailpipe_bus_group_rejoins_total").increment(1);
+        *self.revoked.lock() = Some(std::time::Instant::now());
+        let fresh = Arc::new(member.join()?);
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        // Closing the old member waits for its coordinator: not on this task.
+        std::thread::spawn(move || drop(old));
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError> {
+        self.rejoin_if_stuck()?;
         let mut out = Vec::new();
         let mut wait = wait;
         while out.len() < max {

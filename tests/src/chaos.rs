@@ -77,7 +77,7 @@ impl Fault {
     }
 
     /// How long the fault lasts: short for the test command, the figures with `long`.
-    fn lasts(self, long: bool) -> Duration {
+    pub fn lasts(self, long: bool) -> Duration {
         let s = match (self, long) {
             (Fault::KillServe | Fault::KillIngest | Fault::KillProcess | Fault::KillQuery, _) => 1,
             (Fault::ClockBack, _) => 0,
@@ -140,10 +140,11 @@ impl Row {
 
     pub fn line(&self) -> String {
         let caught = self.caught_up.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+        let again = if self.acking_again == Duration::MAX { "never".into() } else { format!("{:.2} s", self.acking_again.as_secs_f64()) };
         let rate = self.catch_up_rate.map_or("".into(), |r| format!("{r:.0} events/s"));
         format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} s | {caught} | {} | {rate} |",
-            self.fault, self.backend, self.acknowledged, self.stored, self.lost, self.duplicated, self.acking_again.as_secs_f64(), self.peak_lag
+            "| {} | {} | {} | {} | {} | {} | {again} | {caught} | {} | {rate} |",
+            self.fault, self.backend, self.acknowledged, self.stored, self.lost, self.duplicated, self.peak_lag
         )
     }
 }
@@ -509,6 +510,11 @@ enum Setup {
 /// Runs one scenario at `rate` events/s: 5 s of traffic, the fault, the heal, 5 s more; then it
 /// waits for the store to catch up and counts.
 pub async fn run(fault: Fault, long: bool, rate: u64) -> Row {
+    run_for(fault, fault.lasts(long), rate, long).await
+}
+
+/// The same with the fault lasting `lasts`.
+pub async fn run_for(fault: Fault, lasts: Duration, rate: u64, long: bool) -> Row {
     let (mut setup, edge, write, probe) = if fault.embedded() {
         let (e, write, read) = Embedded::start(fault).await;
         let probe = Probe::Overview { base: e.base(), key: read };
@@ -523,7 +529,6 @@ pub async fn run(fault: Fault, long: bool, rate: u64) -> Row {
     let sampler = Sampler::start(probe.clone(), traffic.acked.clone());
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let lasts = fault.lasts(long);
     match &mut setup {
         Setup::Embedded(e) => e.inject(fault).await,
         Setup::Cluster(c) => c.inject(fault).await,

@@ -16,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub struct DataFusionEventStore {
     config: DataFusionStoreConfig,
@@ -24,12 +25,14 @@ pub struct DataFusionEventStore {
     tail: Mutex<Vec<Event>>,
     /// The data files; readers hold the read half while they scan, compaction takes the
     /// write half to swap files.
-    files: tokio::sync::RwLock<Vec<DataFile>>,
+    files: Arc<Files>,
     flushing: tokio::sync::Mutex<()>,
     next_seq: AtomicU64,
     /// The last flush whose rollup changes are durable: later files are replayed at start,
     /// so they are not compacted yet.
-    committed: AtomicU64,
+    committed: Arc<AtomicU64>,
+    /// Held by the one compaction that runs (beside the flushes) at a time.
+    compaction: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The block cache of the rollup's on-disk state.
@@ -79,10 +82,11 @@ impl DataFusionEventStore {
             root,
             rollup: RwLock::new(rollup),
             tail: Mutex::new(Vec::new()),
-            files: tokio::sync::RwLock::new(files),
+            files: Arc::new(tokio::sync::RwLock::new(files)),
             flushing: tokio::sync::Mutex::new(()),
             next_seq: AtomicU64::new(next_seq),
-            committed: AtomicU64::new(committed),
+            committed: Arc::new(AtomicU64::new(committed)),
+            compaction: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -202,38 +206,71 @@ impl DataFusionEventStore {
         Ok(())
     }
 
-    async fn compact_if_needed(&self) -> Result<(), StoreError> {
-        let crowded: Vec<Vec<DataFile>> = {
-            let files = self.files.read().await;
-            let mut by_day: BTreeMap<&str, Vec<DataFile>> = BTreeMap::new();
-            let committed = self.committed.load(Ordering::SeqCst);
-            for f in files.iter().filter(|f| f.last <= committed) {
-                by_day.entry(&f.day).or_default().push(f.clone());
+    /// Starts a compaction unless one is running. It runs beside the flushes, which only add
+    /// files, so a large merge never holds up a flush (and with it the store's lag); a failed
+    /// one is tried again after the next flush.
+    fn compact_in_background(&self) {
+        let Ok(one_at_a_time) = self.compaction.clone().try_lock_owned() else { return };
+        let (root, files, committed, after) = (self.root.clone(), self.files.clone(), self.committed.clone(), self.config.compact_after_files);
+        tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            if let Err(e) = compact_all(&root, &files, &committed, after).await {
+                static FAILURES: std::sync::OnceLock<mailpipe_bus::Throttle> = std::sync::OnceLock::new();
+                if let Some(failures) = FAILURES.get_or_init(|| mailpipe_bus::Throttle::every(std::time::Duration::from_secs(10))).log() {
+                    tracing::warn!(error = %e, failures, "compaction failed; the next flush tries again ({failures} since the last line like this)");
+                }
             }
-            by_day.into_values().map(|mut fs| {
-                fs.sort_by_key(|f| (f.first, f.last));
-                to_merge(&fs, self.config.compact_after_files)
-            }).filter(|run| run.len() > 1).collect()
-        };
-        for inputs in crowded {
-            let root = self.root.clone();
-            let merging = inputs.clone();
-            let merged = blocking(move || files::compact(&root, &merging)).await?;
-            let mut files = self.files.write().await;
-            files.retain(|f| !inputs.contains(f));
-            files.push(merged);
-            files.sort_by_key(|f| (f.first, f.last));
-            for f in &inputs {
-                std::fs::remove_file(&f.path).map_err(files::io(&f.path))?;
-            }
-            metrics::counter!("mailpipe_store_compactions_total").increment(1);
-        }
-        Ok(())
+        });
+    }
+
+    /// Waits for the compaction running beside the flushes, then merges whatever is still due.
+    pub async fn compacted(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.compaction.lock().await;
+        compact_all(&self.root, &self.files, &self.committed, self.config.compact_after_files).await
     }
 }
 
-/// Past this size a data file is left as it is: one compaction reads its inputs into memory
-/// and holds up the flush that started it, so both stay bounded.
+type Files = tokio::sync::RwLock<Vec<DataFile>>;
+
+/// Compacts until no day is crowded, taking in the files committed meanwhile.
+async fn compact_all(root: &std::path::Path, files: &Files, committed: &AtomicU64, after: usize) -> Result<(), StoreError> {
+    while compact(root, files, committed.load(Ordering::SeqCst), after).await? > 0 {}
+    Ok(())
+}
+
+/// Merges the newest small files of each crowded day (`to_merge`) among those committed up to
+/// flush `committed`, swapping each merge in under the write half of `files`; returns how many
+/// merges it made.
+async fn compact(root: &std::path::Path, files: &Files, committed: u64, after: usize) -> Result<usize, StoreError> {
+    let crowded: Vec<Vec<DataFile>> = {
+        let files = files.read().await;
+        let mut by_day: BTreeMap<&str, Vec<DataFile>> = BTreeMap::new();
+        for f in files.iter().filter(|f| f.last <= committed) {
+            by_day.entry(&f.day).or_default().push(f.clone());
+        }
+        by_day.into_values().map(|mut fs| {
+            fs.sort_by_key(|f| (f.first, f.last));
+            to_merge(&fs, after)
+        }).filter(|run| run.len() > 1).collect()
+    };
+    let merges = crowded.len();
+    for inputs in crowded {
+        let (root, merging) = (root.to_path_buf(), inputs.clone());
+        let merged = blocking(move || files::compact(&root, &merging)).await?;
+        let mut files = files.write().await;
+        files.retain(|f| !inputs.contains(f));
+        files.push(merged);
+        files.sort_by_key(|f| (f.first, f.last));
+        for f in &inputs {
+            std::fs::remove_file(&f.path).map_err(files::io(&f.path))?;
+        }
+        metrics::counter!("mailpipe_store_compactions_total").increment(1);
+    }
+    Ok(merges)
+}
+
+/// Past this size a data file is left as it is: one compaction reads its inputs into memory,
+/// which stays bounded.
 const COMPACT_MAX_BYTES: u64 = 64 << 20;
 
 /// Which of a day's committed files (in sequence order) one compaction merges, once more than
@@ -242,6 +279,9 @@ const COMPACT_MAX_BYTES: u64 = 64 << 20;
 /// counter, so a row is rewritten about log2(day / flush) times (merging the whole day each
 /// time rewrote it at every compaction: the pause grew with the day, and with it the lag).
 fn to_merge(day: &[DataFile], after: usize) -> Vec<DataFile> {
+    if day.len() <= after {
+        return Vec::new();
+    }
     let sizes: Vec<u64> = day.iter().map(|f| std::fs::metadata(&f.path).map_or(0, |m| m.len())).collect();
     let n = newest_to_merge(&sizes, after, COMPACT_MAX_BYTES);
     day[day.len() - n..].to_vec()
@@ -473,7 +513,8 @@ impl EventStore for DataFusionEventStore {
             }
         }
         self.commit(commit).await?;
-        self.compact_if_needed().await
+        self.compact_in_background();
+        Ok(())
     }
 
     /// From the rollup; distinct recipients (which no pre-aggregate can sum) by DataFusion

@@ -144,6 +144,8 @@ async fn compaction_merges_small_files_and_a_crash_midway_counts_nothing_twice()
     }
     let expected = answer(&store, "b", &q).await;
     // 20 flushes over 10 days would be ~200 files; compaction keeps each day at 4 or fewer.
+    // (Compaction runs beside the flushes: wait for it.)
+    store.compacted().await.unwrap();
     let files = store.file_count().await;
     assert!(files <= 10 * 4, "{files} files left after compaction");
     drop(store);
