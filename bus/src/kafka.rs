@@ -190,10 +190,10 @@ impl EventBus for KafkaEventBus {
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, BusError> {
-        let (lag, revoked) = (Arc::new(AtomicU64::new(0)), Arc::new(parking_lot::Mutex::new(None)));
-        let member = Member { config: self.config.client_config(), group: group.to_string(), topic: self.config.topic(topic), lag: lag.clone(), revoked: revoked.clone() };
+        let lag = Arc::new(AtomicU64::new(0));
+        let member = Member { config: self.config.client_config(), group: group.to_string(), topic: self.config.topic(topic), lag: lag.clone(), revoked: Default::default() };
         let consumer = Arc::new(member.join()?);
-        Ok(Box::new(KafkaSubscription { consumer, topic: member.topic.clone(), lag, revoked, member: Some(member), reader: None }))
+        Ok(Box::new(KafkaSubscription { consumer, topic: member.topic.clone(), lag, member: Some(member), reader: None }))
     }
 
     async fn reader(&self, topic: &str) -> Result<Box<dyn Subscription>, BusError> {
@@ -229,7 +229,7 @@ impl EventBus for KafkaEventBus {
             tpl.add_partition_offset(&topic, *p, Offset::Beginning).map_err(unavailable("assign"))?;
         }
         consumer.assign(&tpl).map_err(unavailable("assign"))?;
-        Ok(Box::new(KafkaSubscription { consumer, topic, lag, revoked: Default::default(), member: None, reader: Some(Reader { ends, read: BTreeMap::new() }) }))
+        Ok(Box::new(KafkaSubscription { consumer, topic, lag, member: None, reader: Some(Reader { ends, read: BTreeMap::new() }) }))
     }
 
     async fn health(&self) -> Result<(), BusError> {
@@ -335,7 +335,6 @@ pub struct KafkaSubscription {
     consumer: Arc<StreamConsumer<GroupContext>>,
     topic: String,
     lag: Arc<AtomicU64>,
-    revoked: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
     /// How to make the group's consumer again (none for a reader).
     member: Option<Member>,
     /// Assigned every partition, in no group: nothing to commit.
@@ -371,11 +370,13 @@ impl KafkaSubscription {
     /// nothing is read again until a restart. After `JOIN_LIMIT` without an assignment the
     /// consumer is replaced by a new one, which joins as a new member.
     fn rejoin_if_stuck(&mut self) -> Result<(), BusError> {
-        let since = *self.revoked.lock();
-        let Some(member) = self.member.as_ref().filter(|_| since.is_some_and(|t| t.elapsed() > JOIN_LIMIT)) else { return Ok(()) };
+        let Some(member) = &self.member else { return Ok(()) };
+        if !member.revoked.lock().is_some_and(|t| t.elapsed() > JOIN_LIMIT) {
+            return Ok(());
+        }
         tracing::warn!(topic = %self.topic, waited_s = JOIN_LIMIT.as_secs(), "no partitions assigned since they were revoked; joining the group again as a new member");
         metrics::counter!("mailpipe_bus_group_rejoins_total").increment(1);
-        *self.revoked.lock() = Some(std::time::Instant::now());
+        *member.revoked.lock() = Some(std::time::Instant::now());
         let fresh = Arc::new(member.join()?);
         let old = std::mem::replace(&mut self.consumer, fresh);
         // Closing the old member waits for its coordinator: not on this task.

@@ -11,7 +11,7 @@
 
 use crate::roles::{spawn_role_on, write_config};
 use crate::servers::{free_port, signal, ClickHouse, Kafka};
-use crate::{binary, terminate, tool, wait_for_ok};
+use crate::{binary, fill, terminate, tool, wait_for_ok, Tmpfs};
 use mailpipe_store::clickhouse::{ClickHouseEventStore, ClickHouseStoreConfig};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -276,24 +276,6 @@ impl Sampler {
     }
 }
 
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the file system of `dir` with one file, until a write fails.
-pub fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![1u8; 64 << 10];
-    while file.write_all(&chunk).and_then(|_| file.sync_data()).is_ok() {}
-    path
-}
-
 /// `mailpipe serve` on a data directory of its own (on a 256 MiB tmpfs for the full disk, under
 /// libfaketime for the clock step).
 struct Embedded {
@@ -303,7 +285,7 @@ struct Embedded {
     child: Option<Child>,
     clock: Option<PathBuf>,
     filler: Option<PathBuf>,
-    _mounted: Option<Unmount>,
+    _mounted: Option<Tmpfs>,
 }
 
 impl Embedded {
@@ -313,9 +295,7 @@ impl Embedded {
         if fault == Fault::DiskFull {
             let disk = root.path().join("disk");
             std::fs::create_dir(&disk).unwrap();
-            let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"]).arg(&disk).status().is_ok_and(|s| s.success());
-            assert!(ok, "the full-disk scenario mounts a tmpfs for the data directory: run it as root (tests/run.sh)");
-            mounted = Some(Unmount(disk));
+            mounted = Some(Tmpfs::mount(&disk, "256m"));
         }
         let data = root.path().join("disk/data");
         let clock = (fault == Fault::ClockBack).then(|| {

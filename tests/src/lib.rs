@@ -169,6 +169,34 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+/// A tmpfs of `size` (`48m`) mounted on `dir` for a full disk, unmounted when dropped; the
+/// tests run as root (tests/run.sh).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().is_ok_and(|s| s.success());
+        assert!(ok, "mounting a {size} tmpfs on {} for a full disk: run as root (tests/run.sh)", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` with one file, until a write fails; returns the file.
+pub fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![1u8; 64 << 10];
+    while file.write_all(&chunk).and_then(|_| file.sync_data()).is_ok() {}
+    path
+}
+
 pub mod chaos;
 pub mod fixtures;
 pub mod roles;

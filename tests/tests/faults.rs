@@ -1,28 +1,9 @@
 //! Faults on the real binary: a full disk under the data directory (a small tmpfs, mounted by
 //! the test; `tests/run.sh` runs as root).
 
-use mailpipe_tests::{binary, tool, totals, wait_for_ok};
-use std::path::{Path, PathBuf};
+use mailpipe_tests::{binary, fill, tool, totals, wait_for_ok, Tmpfs};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the file system of `dir` with one file, until a write fails.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![1u8; 64 << 10];
-    while file.write_all(&chunk).and_then(|_| file.sync_data()).is_ok() {}
-    path
-}
 
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
@@ -31,9 +12,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_what_it_cannot_store_fails_readiness_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"]).arg(dir.path()).status().unwrap();
-    assert!(status.success(), "this test mounts a 48 MiB tmpfs for the data directory: run it as root (tests/run.sh)");
-    let _mounted = Mounted(dir.path().to_path_buf());
+    let _mounted = Tmpfs::mount(dir.path(), "48m");
     let data = dir.path().join("data");
     tool(&data, &["tenants", "create", "a"]);
     let write = tool(&data, &["keys", "create", "--tenant", "a", "--scope", "events:write"]).trim().to_string();
