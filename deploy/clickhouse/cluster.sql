@@ -1,7 +1,7 @@
 -- mailpipe's ClickHouse schema for a cluster: shards and replicas.
 --
--- This is the cluster form of schemas/clickhouse/migrations/0001_events.sql,
--- 0002_rollups.sql and 0003_orphans.sql (same columns, sorting keys and partitions), for ClickHouse 24 or later.
+-- This is the cluster form of schemas/clickhouse/migrations/0001_events.sql to
+-- 0004_streams.sql (same columns, sorting keys and partitions), for ClickHouse 24 or later.
 -- Each table exists twice: `<name>_local` holds the data (Replicated*MergeTree, on every
 -- node) and `<name>` is a Distributed table over all shards. mailpipe only ever names the
 -- plain tables, so its inserts and queries work unchanged.
@@ -48,6 +48,16 @@
 -- (tenant, occurred_ms, event_id) exist) also reads the Distributed `events` table. The
 -- sharding keys of the three rollup tables only matter for direct INSERTs into them:
 -- mailpipe never makes any, the views fill the local tables.
+--
+-- Upgrading a cluster created from an earlier form of this file (before the `stream` column
+-- of migration 0004): add the column to both tables of `events` and of `sends`, create the
+-- new view, then drop the old one (in that order, so no send is missed in between):
+--   ALTER TABLE events_local ON CLUSTER '{cluster}' ADD COLUMN IF NOT EXISTS stream LowCardinality(String) DEFAULT '';
+--   ALTER TABLE events ON CLUSTER '{cluster}' ADD COLUMN IF NOT EXISTS stream LowCardinality(String) DEFAULT '';
+--   ALTER TABLE sends_local ON CLUSTER '{cluster}' ADD COLUMN IF NOT EXISTS stream String DEFAULT '';
+--   ALTER TABLE sends ON CLUSTER '{cluster}' ADD COLUMN IF NOT EXISTS stream String DEFAULT '';
+--   then the CREATE MATERIALIZED VIEW sends_streams_mv statement below, and
+--   DROP TABLE IF EXISTS sends_mv ON CLUSTER '{cluster}';
 
 -- Raw events, one row per event_id.
 CREATE TABLE IF NOT EXISTS events_local ON CLUSTER '{cluster}' (
@@ -67,7 +77,8 @@ CREATE TABLE IF NOT EXISTS events_local ON CLUSTER '{cluster}' (
     revenue_micros Nullable(Int64),
     currency LowCardinality(String),
     user_agent String CODEC(ZSTD(1)),
-    ip String CODEC(ZSTD(1))
+    ip String CODEC(ZSTD(1)),
+    stream LowCardinality(String) DEFAULT ''
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/events_local', '{replica}')
 PARTITION BY toYYYYMM(toDateTime(intDiv(occurred_ms, 1000)))
 ORDER BY (tenant, occurred_ms, event_id);
@@ -136,26 +147,29 @@ FROM events_local
 WHERE type IN ('open', 'click', 'unsubscribe', 'complaint')
 GROUP BY tenant, type, message_key;
 
--- Sent messages by message key: joins bounces, complaints and replies to their send.
+-- Sent messages by message key: joins bounces, complaints, replies and unsubscribes to their
+-- send (its campaign, variant and mail stream).
 CREATE TABLE IF NOT EXISTS sends_local ON CLUSTER '{cluster}' (
     tenant LowCardinality(String),
     message_key String,
     campaign String,
     variant String,
-    occurred_ms Int64
+    occurred_ms Int64,
+    stream String DEFAULT ''
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/sends_local', '{replica}')
 ORDER BY (tenant, message_key);
 
 CREATE TABLE IF NOT EXISTS sends ON CLUSTER '{cluster}' AS sends_local
 ENGINE = Distributed('{cluster}', currentDatabase(), sends_local, cityHash64(tenant, message_key));
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS sends_mv ON CLUSTER '{cluster}' TO sends_local AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS sends_streams_mv ON CLUSTER '{cluster}' TO sends_local AS
 SELECT
     tenant,
     replaceRegexpAll(message_id, '^\\s*<*|>*\\s*$', '') AS message_key,
     CAST(campaign AS String) AS campaign,
     CAST(variant AS String) AS variant,
-    occurred_ms
+    occurred_ms,
+    CAST(stream AS String) AS stream
 FROM events_local
 WHERE type = 'sent';
 

@@ -107,6 +107,13 @@ pub enum BenchCommand {
         minutes: u64,
         #[arg(long, default_value = "./bench-data/soak")]
         dir: PathBuf,
+        /// `bus.retention` of the run (`7d` by default, as in production; `2m` shows the bus
+        /// log's disk levelling off within a short run).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        bus_retention: std::time::Duration,
+        /// `bus.segment_bytes` of the run.
+        #[arg(long, default_value_t = 128 << 20)]
+        bus_segment_bytes: u64,
     },
     /// Hit-to-queryable latency under a steady stream of open pixel hits.
     Freshness {
@@ -122,7 +129,7 @@ pub async fn run(command: BenchCommand, _config: Config) -> anyhow::Result<()> {
         BenchCommand::Overview { events, dir, queries, scans } => overview(events, dir, queries, scans).await,
         BenchCommand::Guard { events, dir, seconds, rounds, concurrency } => guard_cost(events, dir, seconds, rounds, concurrency).await,
         BenchCommand::Freshness { rate, seconds } => freshness(rate, seconds).await,
-        BenchCommand::Soak { rate, minutes, dir } => soak::soak(rate, minutes, dir).await,
+        BenchCommand::Soak { rate, minutes, dir, bus_retention, bus_segment_bytes } => soak::soak(rate, minutes, dir, bus_retention, bus_segment_bytes).await,
         BenchCommand::Suppression { entries, dir, seconds, concurrency, bounces } => suppression(entries, dir, seconds, concurrency, bounces).await,
         BenchCommand::SuppressionSnapshot { entries, path } => suppression_snapshot(entries, &path),
         BenchCommand::Production { clickhouse, brokers, events, queries, batch } => production(clickhouse, brokers, events, queries, batch).await,

@@ -42,7 +42,10 @@ pub enum Role {
 /// Opens the bus the configuration names.
 pub async fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
     Ok(match &config.bus {
-        BusConfig::Embedded => Arc::new(EmbeddedEventBus::open(EmbeddedBusConfig::new(config.bus_dir()))?),
+        BusConfig::Embedded { retention, segment_bytes } => {
+            let bus = EmbeddedBusConfig { retention: Some(*retention), segment_bytes: *segment_bytes, ..EmbeddedBusConfig::new(config.bus_dir()) };
+            Arc::new(EmbeddedEventBus::open(bus)?)
+        }
         BusConfig::Kafka(k) => {
             let bus = KafkaEventBus::connect(KafkaBusConfig {
                 brokers: k.brokers.clone(),
@@ -312,6 +315,7 @@ impl Processors {
             index: suppressions.state.index.clone(),
             records: suppressions.state.records.clone(),
             config: config.suppression.clone(),
+            store: store.clone(),
         };
         let suppression = tokio::spawn(logged("suppression writer", writer.run(writers_rx.clone())));
         let inbound = InboundRunner { bus: bus.clone(), store: store.clone(), group: "inbound-classifier".into() };

@@ -1,11 +1,12 @@
 //! The Arrow schema of a stored event row: one column per `Event` field, plus the derived
-//! `provider`. Stores write and read exactly these columns.
+//! `provider`. Stores write and read exactly these columns. A column is only ever added, at
+//! the end and nullable, so files written before it still read (the column as nulls).
 
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use std::sync::Arc;
 
 /// Column names in schema order.
-pub const COLUMNS: [&str; 18] = [
+pub const COLUMNS: [&str; 19] = [
     "event_id",
     "tenant",
     "type",
@@ -24,6 +25,7 @@ pub const COLUMNS: [&str; 18] = [
     "currency",
     "user_agent",
     "ip",
+    "stream",
 ];
 
 pub fn arrow_schema() -> Arc<Schema> {
@@ -48,6 +50,8 @@ pub fn arrow_schema() -> Arc<Schema> {
         s("currency", true),
         s("user_agent", true),
         s("ip", true),
+        // Added after the first release: older files lack it (read as nulls).
+        s("stream", true),
     ]))
 }
 

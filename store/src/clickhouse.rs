@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "events", include_str!("../../schemas/clickhouse/migrations/0001_events.sql")),
     (2, "rollups", include_str!("../../schemas/clickhouse/migrations/0002_rollups.sql")),
     (3, "orphans", include_str!("../../schemas/clickhouse/migrations/0003_orphans.sql")),
+    (4, "streams", include_str!("../../schemas/clickhouse/migrations/0004_streams.sql")),
 ];
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, \
@@ -35,7 +36,7 @@ const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (ve
 const APPLIED: &str = "SELECT version, checksum FROM schema_migrations";
 const RECORD_MIGRATION: &str = "INSERT INTO schema_migrations (version, name, checksum, applied_ms) VALUES (?, ?, ?, ?)";
 const COUNTS: &str = "SELECT count(), uniqExact(event_id) FROM events";
-const SEND: &str = "SELECT campaign, variant FROM sends WHERE tenant = ? AND message_key = ? ORDER BY occurred_ms DESC LIMIT 1";
+const SEND: &str = "SELECT campaign, variant, stream FROM sends WHERE tenant = ? AND message_key = ? ORDER BY occurred_ms DESC, stream DESC LIMIT 1";
 
 /// ClickHouse's SQL; times are written as literals (they are ours, not the caller's).
 struct ClickHouseDialect;
@@ -331,17 +332,20 @@ impl RecentIds {
 pub struct Capabilities {
     pub low_cardinality: bool,
     pub codecs: bool,
+    /// `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`; without it the migration runner adds the
+    /// column and takes "already exists" (a migration cut short, run again) as done.
+    pub add_column_if_not_exists: bool,
 }
 
 impl Capabilities {
-    pub const MODERN: Capabilities = Capabilities { low_cardinality: true, codecs: true };
+    pub const MODERN: Capabilities = Capabilities { low_cardinality: true, codecs: true, add_column_if_not_exists: true };
 
     /// From `SELECT version()`, e.g. `18.16.1` or `24.8.4.13`.
     pub fn of_version(version: &str) -> Capabilities {
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let major_minor = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         let modern = major_minor >= (19, 3);
-        Capabilities { low_cardinality: modern, codecs: modern }
+        Capabilities { low_cardinality: modern, codecs: modern, add_column_if_not_exists: modern }
     }
 
     /// The statements of a migration as this server takes them.
@@ -353,8 +357,17 @@ impl Capabilities {
         if !self.codecs {
             sql = strip_codecs(&sql);
         }
+        if !self.add_column_if_not_exists {
+            sql = sql.replace("ADD COLUMN IF NOT EXISTS", "ADD COLUMN");
+        }
         sql.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
     }
+}
+
+/// On a server without `ADD COLUMN IF NOT EXISTS`, an `ADD COLUMN` that finds its column there
+/// (added by the same migration, cut short before it was recorded) has nothing left to do.
+fn column_added_before(caps: Capabilities, statement: &str, error: &str) -> bool {
+    !caps.add_column_if_not_exists && statement.contains("ADD COLUMN") && error.contains("already exists")
 }
 
 fn strip_comments(sql: &str) -> String {
@@ -414,6 +427,7 @@ struct EventRow<'a> {
     currency: &'a str,
     user_agent: &'a str,
     ip: &'a str,
+    stream: &'a str,
 }
 
 impl<'a> EventRow<'a> {
@@ -437,6 +451,7 @@ impl<'a> EventRow<'a> {
             currency: s(&e.currency),
             user_agent: s(&e.user_agent),
             ip: s(&e.ip),
+            stream: s(&e.stream),
         }
     }
 }
@@ -459,6 +474,7 @@ struct IdRow {
 struct SendRow {
     campaign: String,
     variant: String,
+    stream: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -537,9 +553,13 @@ impl ClickHouseEventStore {
             // Every statement is idempotent (IF NOT EXISTS), so a migration cut short is
             // simply run again.
             for statement in caps.render(sql) {
-                store.client.query(&statement).execute().await.map_err(|e| {
-                    StoreError::Engine(format!("migration {version:04} ({name}): {e}\n{statement}"))
-                })?;
+                match store.client.query(&statement).execute().await {
+                    Ok(()) => {}
+                    Err(e) if column_added_before(caps, &statement, &e.to_string()) => {}
+                    Err(e) => {
+                        return Err(StoreError::Engine(format!("migration {version:04} ({name}): {e}\n{statement}")))
+                    }
+                }
             }
             store
                 .client
@@ -623,7 +643,7 @@ impl ClickHouseEventStore {
             .fetch_optional::<SendRow>()
             .await
             .map_err(engine)?;
-        Ok(row.map(|r| SentMessage { campaign: r.campaign, variant: r.variant }))
+        Ok(row.map(|r| SentMessage { campaign: r.campaign, variant: r.variant, stream: Some(r.stream).filter(|s| !s.is_empty()) }))
     }
 }
 
@@ -706,11 +726,23 @@ mod tests {
 
     #[test]
     fn old_servers_get_the_schema_without_what_they_lack() {
-        let sql = "CREATE TABLE t (a LowCardinality(String), b Int64 CODEC(Delta, ZSTD(1)), c String CODEC(ZSTD(1)))\n-- note;\nENGINE = MergeTree ORDER BY a;\nSELECT 1";
+        let sql = "CREATE TABLE t (a LowCardinality(String), b Int64 CODEC(Delta, ZSTD(1)), c String CODEC(ZSTD(1)))\n-- note;\nENGINE = MergeTree ORDER BY a;\nSELECT 1;\nALTER TABLE t ADD COLUMN IF NOT EXISTS d String";
         let old = Capabilities::of_version("18.16.1").render(sql);
-        assert_eq!(old, vec!["CREATE TABLE t (a String, b Int64, c String)\nENGINE = MergeTree ORDER BY a", "SELECT 1"]);
+        assert_eq!(
+            old,
+            vec![
+                "CREATE TABLE t (a String, b Int64, c String)\nENGINE = MergeTree ORDER BY a",
+                "SELECT 1",
+                "ALTER TABLE t ADD COLUMN d String"
+            ]
+        );
+        let again = "Code: 44, e.displayText() = DB::Exception: Cannot add column d: column with this name already exists";
+        assert!(column_added_before(Capabilities::of_version("18.16.1"), &old[2], again));
+        assert!(!column_added_before(Capabilities::of_version("18.16.1"), &old[0], again));
+        assert!(!column_added_before(Capabilities::MODERN, &old[2], again));
         let modern = Capabilities::of_version("24.8.4.13").render(sql);
         assert!(modern[0].contains("LowCardinality(String)") && modern[0].contains("CODEC(Delta, ZSTD(1))"));
+        assert!(modern[2].contains("IF NOT EXISTS"));
         assert_eq!(Capabilities::of_version("24.8.4.13"), Capabilities::MODERN);
     }
 }

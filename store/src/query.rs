@@ -7,9 +7,10 @@ use serde::Serialize;
 /// when a message id was sent more than once).
 pub use mailpipe_schemas::UNMATCHED_CAMPAIGN;
 
-/// Where a sent message was counted.
+/// Where a sent message was counted, and the mail stream it went out on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SentMessage {
     pub campaign: String,
     pub variant: String,
+    pub stream: Option<String>,
 }

@@ -3,6 +3,12 @@
 //! once: records are appended, applied to the index, and only then are the offsets of what
 //! caused them committed. A redelivery after a crash finds its change already in the entry's
 //! history and writes nothing. Every 30 seconds it writes the expiry of what has ended.
+//!
+//! An unsubscribe that names no stream (a reported one, or from a URL made without one) takes
+//! the stream of its message's send, looked up in the event store. A message whose send is not
+//! stored suppresses every stream, the safe side; so does one that arrives while the store does
+//! not answer (within `JOIN_TIMEOUT`; then no lookup for `JOIN_PAUSE`): a store outage must not
+//! hold up the hard bounces and complaints behind it.
 
 use crate::address::{Address, Key};
 use crate::entry::{Entry, Request, RECORD_VERSION};
@@ -11,7 +17,8 @@ use crate::list::Records;
 use chrono::Utc;
 use mailpipe_bus::{commit, commit_points, retry, BusError, Drain, EventBus, Message, Record, EVENTS_TOPIC, SUPPRESSIONS_TOPIC, SUPPRESSION_REQUESTS_TOPIC};
 use mailpipe_config::SuppressionConfig;
-use mailpipe_schemas::{Envelope, EventType, SCHEMA_VERSION};
+use mailpipe_schemas::{Envelope, Event, EventType, SCHEMA_VERSION};
+use mailpipe_store::EventStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,12 +27,22 @@ use tokio::sync::watch;
 pub const GROUP: &str = "suppression-writer";
 const EXPIRY_EVERY: Duration = Duration::from_secs(30);
 const BATCH: usize = 2000;
+const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+const JOIN_PAUSE: Duration = Duration::from_secs(10);
 
 pub struct Writer {
     pub bus: Arc<dyn EventBus>,
     pub index: Arc<Index>,
     pub records: Arc<Records>,
     pub config: SuppressionConfig,
+    /// Where an unsubscribe without a stream finds its send's.
+    pub store: Arc<dyn EventStore>,
+}
+
+/// The store lookups of unsubscribes without a stream: paused after a failure.
+struct Joins {
+    paused_until: Option<Instant>,
+    failures: mailpipe_bus::Throttle,
 }
 
 /// Changes of one batch: the records to append in order, and the latest entry of each address.
@@ -44,6 +61,7 @@ impl Writer {
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         }
         let mut last_expiry = Instant::now() - EXPIRY_EVERY;
+        let mut joins = Joins { paused_until: None, failures: mailpipe_bus::Throttle::every(Duration::from_secs(10)) };
         let mut drain = Drain::default();
         loop {
             let stopping = *shutdown.borrow();
@@ -62,7 +80,7 @@ impl Writer {
             }
             let mut batch = Batch::default();
             for record in &evs {
-                self.event(record, &mut batch).await?;
+                self.event(record, &mut batch, &mut joins).await?;
             }
             for record in &reqs {
                 self.request(record, &mut batch).await?;
@@ -91,7 +109,7 @@ impl Writer {
         }
     }
 
-    async fn event(&self, record: &Record, batch: &mut Batch) -> Result<(), BusError> {
+    async fn event(&self, record: &Record, batch: &mut Batch, joins: &mut Joins) -> Result<(), BusError> {
         // Undecodable events are the store writer's to dead-letter; here they change nothing.
         let Ok(envelope) = serde_json::from_slice::<Envelope>(&record.payload) else { return Ok(()) };
         let event = envelope.event;
@@ -108,11 +126,40 @@ impl Writer {
             return Ok(());
         }
         let entry = self.entry(key, &event.tenant, &address, batch).await?;
+        let event = self.with_stream(event, joins).await;
         if let Some(changed) = entry.on_event(&event, self.config.policy(&event.tenant)) {
             batch.latest.insert(key, changed.clone());
             batch.out.push((key, changed));
         }
         Ok(())
+    }
+
+    /// An unsubscribe without a stream, with its send's stream where the send has one.
+    async fn with_stream(&self, event: Event, joins: &mut Joins) -> Event {
+        if event.event_type != EventType::Unsubscribe || event.stream.is_some() || event.message_id.is_empty() {
+            return event;
+        }
+        let outcome = |o: &'static str| metrics::counter!("mailpipe_suppression_unsubscribe_joins_total", "outcome" => o).increment(1);
+        if joins.paused_until.is_some_and(|t| Instant::now() < t) {
+            outcome("store_unavailable");
+            return event;
+        }
+        let failure = match tokio::time::timeout(JOIN_TIMEOUT, self.store.message(&event.tenant, &event.message_id)).await {
+            Ok(Ok(send)) => {
+                joins.paused_until = None;
+                let stream = send.and_then(|s| s.stream);
+                outcome(if stream.is_some() { "stream" } else { "every_stream" });
+                return Event { stream, ..event };
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {JOIN_TIMEOUT:?}"),
+        };
+        joins.paused_until = Some(Instant::now() + JOIN_PAUSE);
+        outcome("store_unavailable");
+        if let Some(n) = joins.failures.log() {
+            tracing::warn!(error = %failure, failures = n, "the event store did not answer: unsubscribes without a stream suppress every stream for now");
+        }
+        event
     }
 
     async fn request(&self, record: &Record, batch: &mut Batch) -> Result<(), BusError> {

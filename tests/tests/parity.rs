@@ -12,6 +12,7 @@ use mailpipe_store::datafusion::{DataFusionEventStore, DataFusionStoreConfig};
 use mailpipe_store::{EventStore, QueryError, StoreError};
 use mailpipe_tests::fixtures::edge_cases;
 use mailpipe_tests::servers::{modern_check_tool, ClickHouse};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 fn config(ch: &ClickHouse, database: &str) -> ClickHouseStoreConfig {
@@ -51,7 +52,7 @@ async fn overview(store: &dyn EventStore, tenant: &str, query: &str) -> serde_js
 async fn clickhouse_answers_every_typed_query_like_the_embedded_store() {
     let ch = ClickHouse::start();
     let cfg = config(&ch, "parity");
-    assert_eq!(ClickHouseEventStore::migrate(&cfg).await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(ClickHouseEventStore::migrate(&cfg).await.unwrap(), vec![1, 2, 3, 4]);
     assert!(ClickHouseEventStore::migrate(&cfg).await.unwrap().is_empty(), "migrations apply once");
     let clickhouse = ClickHouseEventStore::new(&cfg);
     let dir = tempfile::tempdir().unwrap();
@@ -73,7 +74,7 @@ async fn clickhouse_answers_every_typed_query_like_the_embedded_store() {
     assert_eq!(rows, embedded.count().await.unwrap());
     assert!(rows > 15_000, "{rows}");
 
-    let mut compared = 0;
+    let (mut compared, mut streams) = (0, 0);
     for tenant in ["acme", "globex", "initech", "nobody"] {
         for dashboard in dashboards() {
             let queries = if dashboard.name == "overview" { overview_queries(now.date_naive()) } else { vec![String::new()] };
@@ -86,11 +87,14 @@ async fn clickhouse_answers_every_typed_query_like_the_embedded_store() {
         }
         for e in events.iter().filter(|e| e.tenant == tenant).step_by(997).chain(&events[..2]) {
             for id in [e.message_id.clone(), format!("<{}>", e.message_id.trim_matches(|c| c == '<' || c == '>')), "unknown@x".into()] {
-                assert_eq!(embedded.message(tenant, &id).await.unwrap(), clickhouse.message(tenant, &id).await.unwrap(), "message {id} of {tenant}");
+                let sent = embedded.message(tenant, &id).await.unwrap();
+                assert_eq!(sent, clickhouse.message(tenant, &id).await.unwrap(), "message {id} of {tenant}");
+                streams += usize::from(sent.is_some_and(|m| m.stream.is_some()));
             }
         }
     }
     assert!(compared > 100);
+    assert!(streams > 10, "sends' streams were compared ({streams})");
 
     // The hand-made cases came out as designed, not merely equal.
     let o = overview(&clickhouse, "acme", "from=2026-05-01&to=2026-05-03&tz=Asia/Kathmandu&campaign=edge").await;
@@ -216,35 +220,45 @@ fn ddl_and_queries_run_on_a_modern_clickhouse() {
 }
 
 /// The cluster DDL repeats each table's columns and each view's query (a `_local` table per
-/// shard): they must stay those of the migrations.
+/// shard): they must stay what the migrations leave, once every one has run (columns added by
+/// a later ALTER, views dropped by a later migration).
 #[test]
 fn the_cluster_ddl_declares_what_the_migrations_declare() {
     let cluster = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../deploy/clickhouse/cluster.sql");
     let cluster = std::fs::read_to_string(&cluster).unwrap_or_else(|e| panic!("{}: {e}", cluster.display()));
-    // The body of the CREATE statement that starts with `head`: the columns up to the engine,
-    // or a view's query up to its end.
-    fn body<'a>(sql: &'a str, head: &str) -> &'a str {
-        let at = sql.find(head).unwrap_or_else(|| panic!("no `{head}`"));
-        let rest = &sql[at + head.len()..];
-        let start = rest.find(if head.contains("VIEW") { "SELECT" } else { "(" }).unwrap();
-        let end = rest.find(if head.contains("VIEW") { ";" } else { "\n) ENGINE" }).unwrap();
-        &rest[start..end]
-    }
-    let mut checked = 0;
-    for (_, _, migration) in MIGRATIONS {
-        for line in migration.lines() {
-            if let Some(name) = line.strip_prefix("CREATE TABLE IF NOT EXISTS ").and_then(|l| l.split_whitespace().next()) {
-                let ours = body(migration, &format!("CREATE TABLE IF NOT EXISTS {name} "));
-                assert_eq!(ours, body(&cluster, &format!("CREATE TABLE IF NOT EXISTS {name}_local ")), "columns of {name}");
-                checked += 1;
-            }
-            if let Some(name) = line.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS ").and_then(|l| l.split_whitespace().next()) {
-                let ours = body(migration, &format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {name} "));
-                let theirs = body(&cluster, &format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {name} ")).replace("FROM events_local", "FROM events");
-                assert_eq!(ours, theirs, "query of {name}");
-                checked += 1;
+    // Tables (their columns) and views (their queries) by name, as a series of statements
+    // leaves them.
+    fn declared(statements: Vec<String>) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let (mut tables, mut views) = (BTreeMap::new(), BTreeMap::new());
+        let name = |rest: &str| rest.split_whitespace().next().unwrap().to_string();
+        for st in statements {
+            if let Some(rest) = st.strip_prefix("CREATE TABLE IF NOT EXISTS ") {
+                if let (Some(open), Some(end)) = (rest.find('('), rest.find("\n) ENGINE")) {
+                    tables.insert(name(rest), rest[open + 1..end].trim().to_string());
+                }
+            } else if let Some(rest) = st.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS ") {
+                views.insert(name(rest), rest[rest.find("SELECT").unwrap()..].to_string());
+            } else if let Some(rest) = st.strip_prefix("ALTER TABLE ") {
+                let column = rest.split_once(" ADD COLUMN IF NOT EXISTS ").unwrap_or_else(|| panic!("an ALTER this test does not know: {st}")).1;
+                let columns: &mut String = tables.get_mut(&name(rest)).unwrap_or_else(|| panic!("ALTER of an unknown table: {st}"));
+                columns.push_str(",\n    ");
+                columns.push_str(column);
+            } else if let Some(rest) = st.strip_prefix("DROP TABLE IF EXISTS ") {
+                assert!(views.remove(&name(rest)).is_some(), "DROP of an unknown view: {st}");
             }
         }
+        (tables, views)
     }
-    assert_eq!(checked, 9, "5 tables and 4 views");
+    let (tables, views) = declared(MIGRATIONS.iter().flat_map(|(_, _, m)| Capabilities::MODERN.render(m)).collect());
+    let (cluster_tables, cluster_views) = declared(Capabilities::MODERN.render(&cluster));
+    for (name, columns) in &tables {
+        assert_eq!(Some(columns), cluster_tables.get(&format!("{name}_local")), "columns of {name}");
+    }
+    for (name, query) in &views {
+        let theirs = cluster_views.get(name).unwrap_or_else(|| panic!("no view {name} in the cluster DDL")).replace("FROM events_local", "FROM events");
+        assert_eq!(query, &theirs, "query of {name}");
+    }
+    assert_eq!(cluster_views.len(), views.len(), "the cluster DDL has the migrations' views and no others");
+    assert_eq!((tables.len(), views.len()), (5, 4), "5 tables and 4 views");
+    assert!(tables["events"].ends_with("stream LowCardinality(String) DEFAULT ''"), "{}", tables["events"]);
 }

@@ -219,7 +219,7 @@ async fn ingest_process_and_query_roles_work_together_on_kafka_and_clickhouse() 
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains(expect), "{text}");
     };
-    migrate("applied migrations [1, 2, 3]");
+    migrate("applied migrations [1, 2, 3, 4]");
     migrate("up to date");
 
     let (mut ingest, edge) = spawn_role("ingest", &kafka, &ch, "roles", dir.path(), &config).await;

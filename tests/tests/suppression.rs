@@ -112,6 +112,24 @@ async fn suppressions_appear_within_a_second_survive_kill_9_stay_per_tenant_and_
     }
     assert!(api.suppressed(&key_a, &["unsub@x.com"], Some("transactional")).await.is_empty(), "an unsubscribe from marketing leaves transactional mail");
 
+    // An unsubscribe that names no stream (reported by a sending node, or from a URL made
+    // without one) takes the stream of its message's send, once the send is stored.
+    let now = chrono::Utc::now().to_rfc3339();
+    api.events(&write, json!([{"type": "sent", "campaign": "welcome", "message_id": "<w1@mail.a.example>", "recipient": "new@x.com", "stream": "transactional", "timestamp": now}])).await;
+    let today = chrono::Utc::now().date_naive();
+    let started = Instant::now();
+    while api.get(&key_a, &format!("/v1/stats/overview?from={today}&to={today}&campaign=welcome")).await["totals"]["sent"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the send was not stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.events(&write, json!([{"type": "unsubscribe", "campaign": "welcome", "message_id": "w1@mail.a.example", "recipient": "New@x.com", "timestamp": now}])).await;
+    api.until_suppressed(&key_a, "new@x.com", Some("transactional")).await;
+    assert!(api.suppressed(&key_a, &["new@x.com"], Some("marketing")).await.is_empty(), "the reported unsubscribe took its send's stream");
+    // A message whose send is not stored: every stream (the safe side).
+    api.events(&write, json!([{"type": "unsubscribe", "campaign": "welcome", "message_id": "<never-sent@mail.a.example>", "recipient": "ghost@x.com", "timestamp": now}])).await;
+    api.until_suppressed(&key_a, "ghost@x.com", Some("marketing")).await;
+    assert_eq!(api.suppressed(&key_a, &["ghost@x.com"], Some("transactional")).await.len(), 1);
+
     // Provenance: the diagnostic of the DSN, the feedback type of the ARF report.
     let gone = api.get(&key_a, "/v1/suppressions/gone@example.net").await;
     let p = &gone["history"][0]["provenance"];
@@ -152,7 +170,7 @@ async fn suppressions_appear_within_a_second_survive_kill_9_stay_per_tenant_and_
     // The feed, all of it; then kill -9 and restart.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (before, cursor) = api.feed(&key_a, String::new()).await;
-    assert_eq!(before.len(), 5, "{before:?}");
+    assert_eq!(before.len(), 7, "{before:?}");
     assert!(!api.suppressed(&key_a, &["hard@x.com"], None).await.is_empty(), "b's release did not touch a's list");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -197,7 +215,7 @@ async fn suppressions_appear_within_a_second_survive_kill_9_stay_per_tenant_and_
     assert_eq!(manual["entries"][0]["address"].as_str(), Some("vip@x.com"), "{manual}");
     assert_eq!(manual["entries"][0]["provenance"]["note"].as_str(), Some("legal hold"));
     let summary = api.get(&key_a, "/v1/suppressions/summary").await;
-    assert_eq!(summary["by_reason"], json!({"complaint": 1, "hard_bounce": 2, "manual": 1, "soft_bounce_limit": 1, "unsubscribe": 1}), "{summary}");
+    assert_eq!(summary["by_reason"], json!({"complaint": 1, "hard_bounce": 2, "manual": 1, "soft_bounce_limit": 1, "unsubscribe": 3}), "{summary}");
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -1,5 +1,5 @@
 use super::EmbeddedBusConfig;
-use crate::{BusError, EventBus, Message, Position, Record, Subscription};
+use crate::{BusError, EventBus, Message, Position, Record, Subscription, SUPPRESSIONS_TOPIC};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 const HEADER: usize = 8;
@@ -23,6 +23,11 @@ const PREALLOCATE: u64 = 4 << 20;
 const LOG_FAILURES_EVERY: Duration = Duration::from_secs(10);
 /// Body of the record that closes each group commit: a key length no real key can have.
 const COMMIT_MARK: [u8; 2] = [0xff, 0xff];
+/// How often the writer looks for segments that retention lets go (also after each roll).
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// Topics no segment of which is ever deleted: the suppression list is read by offset from its
+/// records, however old (on Kafka, a compacted topic).
+const KEPT_WHOLE: [&str; 1] = [SUPPRESSIONS_TOPIC];
 
 pub struct EmbeddedEventBus {
     config: EmbeddedBusConfig,
@@ -31,7 +36,7 @@ pub struct EmbeddedEventBus {
 }
 
 struct TopicLog {
-    log_path: PathBuf,
+    segments: Arc<Segments>,
     groups_dir: PathBuf,
     appends: mpsc::Sender<Append>,
     end: watch::Receiver<u64>,
@@ -73,13 +78,17 @@ impl EmbeddedEventBus {
             BusError::Invalid(format!("{} is in use by another mailpipe process", config.dir.display()))
         })?;
         let bus = EmbeddedEventBus { config, topics: Mutex::new(HashMap::new()), _lock: lock };
-        // Recover every existing log now, so a torn tail is cut before anyone reads.
+        // Recover every existing log now, so a torn tail is cut before anyone reads: a topic
+        // is a directory of segments (or, written before segments, one `<topic>.log`).
         for entry in std::fs::read_dir(&bus.config.dir).map_err(io(bus.config.dir.display().to_string()))? {
             let path = entry.map_err(io(bus.config.dir.display().to_string()))?.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
-                    bus.topic(name)?;
-                }
+            let name = match path.extension() {
+                Some(e) if e == "log" => path.file_stem(),
+                None if path.is_dir() => path.file_name(),
+                _ => None,
+            };
+            if let Some(name) = name.and_then(|s| s.to_str()) {
+                bus.topic(name)?;
             }
         }
         Ok(bus)
@@ -93,58 +102,121 @@ impl EmbeddedEventBus {
         if let Some(t) = topics.get(name) {
             return Ok(t.clone());
         }
-        let t = Arc::new(TopicLog::open(&self.config.dir, name)?);
+        let t = Arc::new(TopicLog::open(&self.config, name)?);
         topics.insert(name.to_string(), t.clone());
         Ok(t)
     }
 }
 
+/// A topic's log: segment files named by the offset of their first byte (offsets run on
+/// across segments). The newest is the one written; the others are whole commits, only read,
+/// and deleted oldest first once retention lets them go.
+struct Segments {
+    dir: PathBuf,
+    /// Base offsets, ascending; never empty.
+    bases: Mutex<Vec<u64>>,
+}
+
+impl Segments {
+    fn path(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{base:020}.log"))
+    }
+
+    /// The segment holding `offset` (the first one, for an offset retention deleted): its base,
+    /// and the next segment's base if it is not the newest.
+    fn locate(&self, offset: u64) -> (u64, Option<u64>) {
+        let bases = self.bases.lock();
+        let i = bases.partition_point(|&b| b <= offset).max(1);
+        (bases[i - 1], bases.get(i).copied())
+    }
+}
+
+/// What the writer of a topic needs besides its file.
+struct Lifecycle {
+    segments: Arc<Segments>,
+    groups_dir: PathBuf,
+    segment_bytes: u64,
+    retention: Option<Duration>,
+    topic: String,
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 impl TopicLog {
-    fn open(dir: &Path, name: &str) -> Result<TopicLog, BusError> {
-        let log_path = dir.join(format!("{name}.log"));
+    fn open(config: &EmbeddedBusConfig, name: &str) -> Result<TopicLog, BusError> {
+        let dir = &config.dir;
+        let seg_dir = dir.join(name);
         let groups_dir = dir.join(format!("{name}.groups"));
+        let shown = seg_dir.display().to_string();
         std::fs::create_dir_all(&groups_dir).map_err(io(groups_dir.display().to_string()))?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(io(log_path.display().to_string()))?;
-        let scan_from = committed_offsets(&groups_dir)?.into_iter().min().unwrap_or(0);
-        let end = valid_end(&file, scan_from).map_err(io(log_path.display().to_string()))?;
-        let len = file.metadata().map_err(io(log_path.display().to_string()))?.len();
-        if len != end {
+        std::fs::create_dir_all(&seg_dir).map_err(io(&shown))?;
+        let legacy = dir.join(format!("{name}.log"));
+        if legacy.exists() {
+            // A log written before segments: it becomes the first segment, offsets unchanged.
+            std::fs::rename(&legacy, seg_dir.join(format!("{:020}.log", 0))).and_then(|_| sync_dir(&seg_dir)).and_then(|_| sync_dir(dir)).map_err(io(&shown))?;
+        }
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&seg_dir).map_err(io(&shown))? {
+            let path = entry.map_err(io(&shown))?.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                if let Some(base) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) {
+                    bases.push(base);
+                }
+            }
+        }
+        bases.sort_unstable();
+        let base = bases.last().copied().unwrap_or(0);
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let segments = Arc::new(Segments { dir: seg_dir, bases: Mutex::new(bases) });
+        let log_path = segments.path(base);
+        let shown = log_path.display().to_string();
+        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&log_path).map_err(io(&shown))?;
+        // Only the newest segment can end in a torn write: the others were closed whole.
+        let scan_from = committed_offsets(&groups_dir)?.into_iter().min().unwrap_or(0).max(base);
+        let end = base + valid_end(&file, scan_from - base).map_err(io(&shown))?;
+        let len = file.metadata().map_err(io(&shown))?.len();
+        if len != end - base {
             // After a crash the zeros written ahead of the end are normal; anything else is the
             // unfinished commit of a write cut short.
-            if !zeros_from(&file, end).map_err(io(log_path.display().to_string()))? {
-                tracing::warn!(log = %log_path.display(), "cutting torn tail of bus log");
+            if !zeros_from(&file, end - base).map_err(io(&shown))? {
+                tracing::warn!(log = %shown, "cutting torn tail of bus log");
             }
-            file.set_len(end).map_err(io(log_path.display().to_string()))?;
-            file.sync_all().map_err(io(log_path.display().to_string()))?;
+            file.set_len(end - base).map_err(io(&shown))?;
+            file.sync_all().map_err(io(&shown))?;
         }
         let (appends, rx) = mpsc::channel::<Append>(4096);
         let (end_tx, end_rx) = watch::channel(end);
         let thread_name = format!("bus-{name}");
         let failing = Arc::new(Mutex::new(None));
         let writer_failing = failing.clone();
+        let retention = config.retention.filter(|_| !KEPT_WHOLE.contains(&name));
+        let lifecycle = Lifecycle { segments: segments.clone(), groups_dir: groups_dir.clone(), segment_bytes: config.segment_bytes, retention, topic: name.to_string() };
         let handle = std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || writer(&mut file, end, rx, end_tx, &writer_failing))
+            .spawn(move || writer(file, base, end, rx, end_tx, &writer_failing, &lifecycle))
             .map_err(io("spawning bus writer"))?;
         let published = metrics::counter!("mailpipe_bus_messages_published_total", "topic" => name.to_string());
-        Ok(TopicLog { log_path, groups_dir, appends, end: end_rx, published, failing, writer: Some(handle) })
+        Ok(TopicLog { segments, groups_dir, appends, end: end_rx, published, failing, writer: Some(handle) })
     }
 }
 
 /// The group-commit loop: takes every append waiting, writes them at once, syncs once, and
-/// only then answers their callers and moves the end that consumers read up to.
-fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx: watch::Sender<u64>, failing: &Mutex<Option<String>>) {
+/// only then answers their callers and moves the end that consumers read up to. Between
+/// commits it closes a full segment and starts the next, and lets retention delete old ones.
+#[allow(clippy::too_many_arguments)]
+fn writer(mut file: File, mut base: u64, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx: watch::Sender<u64>, failing: &Mutex<Option<String>>, lc: &Lifecycle) {
     let mut buf = Vec::with_capacity(MAX_COMMIT_BYTES);
     // While writes fail (a full disk), one log line every LOG_FAILURES_EVERY, with a count.
     let failures = crate::Throttle::every(LOG_FAILURES_EVERY);
     let mut waiting = Vec::new();
-    let mut written = end;
+    // How far the file is written (records and zeros ahead), from the segment's start.
+    let mut written = end - base;
+    expire(lc);
+    let mut expired = Instant::now();
     // No pause to gather more: under load, what arrives during one commit's sync makes the next
     // commit. (A pause of 0.1 ms took 0.25-0.45 ms under load and made every commit longer.)
     while let Some(first) = rx.blocking_recv() {
@@ -163,13 +235,13 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
         // A kill can leave part of a write behind; the mark lets recovery keep whole commits only.
         frame_body(&mut buf, &COMMIT_MARK);
         let new_end = end + buf.len() as u64;
-        let result = preallocate(file, &mut written, new_end)
-            .and_then(|_| file.write_all_at(&buf, end))
+        let result = preallocate(&file, &mut written, new_end - base)
+            .and_then(|_| file.write_all_at(&buf, end - base))
             .and_then(|_| file.sync_data());
         match result {
             Ok(()) => {
                 end = new_end;
-                written = written.max(end);
+                written = written.max(end - base);
                 end_tx.send_replace(end);
                 metrics::counter!("mailpipe_bus_group_commits_total").increment(1);
                 if failing.lock().take().is_some() {
@@ -178,11 +250,28 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
                 for (start, done) in waiting.drain(..) {
                     let _ = done.send(Ok(start));
                 }
+                if end - base >= lc.segment_bytes {
+                    match roll(&mut file, base, end, lc) {
+                        Ok(()) => (base, written) = (end, 0),
+                        // The segment just grows on; the next commit tries again.
+                        Err(e) => {
+                            written = end - base;
+                            if let Some(n) = failures.log() {
+                                tracing::error!(error = %e, failures = n, topic = %lc.topic, "starting a new bus log segment failed");
+                            }
+                        }
+                    }
+                    expire(lc);
+                    expired = Instant::now();
+                } else if expired.elapsed() >= EXPIRE_EVERY {
+                    expire(lc);
+                    expired = Instant::now();
+                }
             }
             Err(e) => {
                 // Nothing of this commit is acknowledged, so none of it may stay in the log.
-                let _ = file.set_len(end);
-                written = end;
+                let _ = file.set_len(end - base);
+                written = end - base;
                 *failing.lock() = Some(e.to_string());
                 metrics::counter!("mailpipe_bus_commit_failures_total").increment(1);
                 if let Some(failed_commits) = failures.log() {
@@ -195,8 +284,58 @@ fn writer(file: &mut File, mut end: u64, mut rx: mpsc::Receiver<Append>, end_tx:
         }
     }
     // Closed: the zeros ahead of the end go, so a closed log is exactly its records.
-    if let Err(e) = file.set_len(end).and_then(|_| file.sync_all()) {
+    if let Err(e) = file.set_len(end - base).and_then(|_| file.sync_all()) {
         tracing::warn!(error = %e, "trimming the bus log on close");
+    }
+}
+
+/// Closes the segment that starts at `base` (trimmed to its records and synced, so it is
+/// whole) and makes the next one, starting at `end`, the file written.
+fn roll(file: &mut File, base: u64, end: u64, lc: &Lifecycle) -> std::io::Result<()> {
+    file.set_len(end - base)?;
+    file.sync_all()?;
+    let next = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(lc.segments.path(end))?;
+    sync_dir(&lc.segments.dir)?;
+    // Readers find the new segment before the end moves into it.
+    lc.segments.bases.lock().push(end);
+    *file = next;
+    metrics::counter!("mailpipe_bus_segments_started_total", "topic" => lc.topic.clone()).increment(1);
+    Ok(())
+}
+
+/// Deletes the oldest closed segments that every consumer group has committed past and that
+/// were last written longer ago than the retention; stops at the first that must stay.
+fn expire(lc: &Lifecycle) {
+    let Some(retention) = lc.retention else { return };
+    let floor = match committed_offsets(&lc.groups_dir) {
+        Ok(offsets) => offsets.into_iter().min().unwrap_or(u64::MAX),
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %lc.topic, "reading consumer offsets for retention");
+            return;
+        }
+    };
+    loop {
+        let (base, next) = {
+            let bases = lc.segments.bases.lock();
+            match bases[..] {
+                [first, second, ..] => (first, second),
+                _ => return,
+            }
+        };
+        let path = lc.segments.path(base);
+        let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if next > floor || age.is_none_or(|a| a < retention) {
+            return;
+        }
+        // Out of the list first: a reader that still has the file open reads on (POSIX), a new
+        // one starts at the next segment.
+        lc.segments.bases.lock().remove(0);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, segment = %path.display(), "deleting an expired bus log segment");
+            return;
+        }
+        metrics::counter!("mailpipe_bus_segments_deleted_total", "topic" => lc.topic.clone()).increment(1);
+        tracing::info!(segment = %path.display(), "bus log segment deleted: every consumer group has read it and it is past retention");
     }
 }
 
@@ -275,6 +414,19 @@ fn committed_offsets(groups_dir: &Path) -> Result<Vec<u64>, BusError> {
     Ok(out)
 }
 
+/// Replaces a group's committed offset, durably.
+fn write_offset(path: &Path, offset: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(offset.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn read_offset(path: &Path) -> Result<u64, BusError> {
     match std::fs::read_to_string(path) {
         Ok(s) => s
@@ -330,7 +482,7 @@ impl EventBus for EmbeddedEventBus {
         }
         let (done, wait) = oneshot::channel();
         log.appends.send(Append { frames, done }).await.map_err(|_| BusError::Closed)?;
-        let mut offset = wait.await.map_err(|_| BusError::Closed)?.map_err(io(log.log_path.display().to_string()))?;
+        let mut offset = wait.await.map_err(|_| BusError::Closed)?.map_err(io(log.segments.dir.display().to_string()))?;
         log.published.increment(messages.len() as u64);
         Ok(messages
             .iter()
@@ -349,14 +501,16 @@ impl EventBus for EmbeddedEventBus {
         let log = self.topic(topic)?;
         let group_path = log.groups_dir.join(group);
         let pos = read_offset(&group_path)?;
-        let file = File::open(&log.log_path).map_err(io(log.log_path.display().to_string()))?;
-        Ok(Box::new(EmbeddedSubscription { file, pos, end: log.end.clone(), group_path: Some(group_path), buf: Vec::new() }))
+        if !group_path.exists() {
+            // A group holds retention from its first subscription, before its first commit.
+            write_offset(&group_path, pos).map_err(io(group_path.display().to_string()))?;
+        }
+        Ok(Box::new(EmbeddedSubscription { segments: log.segments.clone(), file: None, pos, end: log.end.clone(), group_path: Some(group_path), buf: Vec::new() }))
     }
 
     async fn reader(&self, topic: &str) -> Result<Box<dyn Subscription>, BusError> {
         let log = self.topic(topic)?;
-        let file = File::open(&log.log_path).map_err(io(log.log_path.display().to_string()))?;
-        Ok(Box::new(EmbeddedSubscription { file, pos: 0, end: log.end.clone(), group_path: None, buf: Vec::new() }))
+        Ok(Box::new(EmbeddedSubscription { segments: log.segments.clone(), file: None, pos: 0, end: log.end.clone(), group_path: None, buf: Vec::new() }))
     }
 
     /// Fails while the log is closed, or while its last commit failed (a full disk) and a
@@ -384,7 +538,9 @@ impl EventBus for EmbeddedEventBus {
 }
 
 struct EmbeddedSubscription {
-    file: File,
+    segments: Arc<Segments>,
+    /// The segment being read: its base offset and file.
+    file: Option<(u64, File)>,
     pos: u64,
     end: watch::Receiver<u64>,
     /// Where the group's offset is kept; `None` for a reader of no group.
@@ -396,9 +552,26 @@ impl EmbeddedSubscription {
     fn read_records(&mut self, max: usize, end: u64) -> Result<Vec<Record>, BusError> {
         let mut records = Vec::new();
         while records.len() < max && self.pos < end {
-            let want = (end - self.pos).min(READ_CHUNK as u64) as usize;
+            let (base, next) = self.segments.locate(self.pos);
+            if self.pos < base {
+                // Retention deleted what lies before `base` once every group had read it: only
+                // a reader of no group, or a group new since, starts there.
+                if let Some(group) = &self.group_path {
+                    tracing::warn!(group = %group.display(), from = self.pos, to = base, "records before the oldest bus log segment were deleted; reading on from it");
+                }
+                self.pos = base;
+                continue;
+            }
+            if self.file.as_ref().is_none_or(|(b, _)| *b != base) {
+                let path = self.segments.path(base);
+                self.file = Some((base, File::open(&path).map_err(io(path.display().to_string()))?));
+            }
+            let file = &self.file.as_ref().expect("opened above").1;
+            // A record never crosses segments: read up to the segment's end at most.
+            let limit = next.map_or(end, |n| n.min(end));
+            let want = (limit - self.pos).min(READ_CHUNK as u64) as usize;
             self.buf.resize(want, 0);
-            self.file.read_exact_at(&mut self.buf, self.pos).map_err(io("reading bus log"))?;
+            file.read_exact_at(&mut self.buf, self.pos - base).map_err(io("reading bus log"))?;
             let mut at = 0usize;
             while records.len() < max && at + HEADER <= self.buf.len() {
                 let body_len = u32::from_le_bytes(self.buf[at..at + 4].try_into().unwrap_or_default()) as usize;
@@ -406,7 +579,7 @@ impl EmbeddedSubscription {
                     if at == 0 {
                         // A record larger than one chunk: read exactly it.
                         self.buf.resize(HEADER + body_len, 0);
-                        self.file.read_exact_at(&mut self.buf, self.pos).map_err(io("reading bus log"))?;
+                        file.read_exact_at(&mut self.buf, self.pos - base).map_err(io("reading bus log"))?;
                         continue;
                     }
                     break;
@@ -457,17 +630,7 @@ impl Subscription for EmbeddedSubscription {
             return Ok(());
         };
         let shown = path.display().to_string();
-        tokio::task::spawn_blocking(move || {
-            let tmp = path.with_extension("tmp");
-            let mut f = File::create(&tmp)?;
-            f.write_all(offset.to_string().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })
+        tokio::task::spawn_blocking(move || write_offset(&path, offset))
         .await
         .map_err(|e| BusError::Io { what: "commit task".into(), source: std::io::Error::other(e) })?
         .map_err(io(shown))

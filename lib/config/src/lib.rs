@@ -107,8 +107,15 @@ pub enum BusyPoll {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BusConfig {
-    /// On-disk log in `<data_dir>/bus`.
-    Embedded,
+    /// On-disk log in `<data_dir>/bus`, cut into segment files of about `segment_bytes`. A
+    /// segment is deleted once every consumer group has read past it and it was last written
+    /// longer than `retention` ago (`7d`, `36h`, `90m`; as Kafka's `retention.ms`, default 7
+    /// days). The suppressions topic is kept whole: it is the list itself.
+    Embedded {
+        #[serde(with = "duration_text")]
+        retention: std::time::Duration,
+        segment_bytes: u64,
+    },
     /// Apache Kafka (or any broker speaking its protocol), through librdkafka.
     Kafka(KafkaConfig),
 }
@@ -253,7 +260,7 @@ impl Default for Config {
                 shutdown_grace_ms: 10_000,
                 publish_timeout_ms: 5_000,
             },
-            bus: BusConfig::Embedded,
+            bus: BusConfig::Embedded { retention: std::time::Duration::from_secs(7 * 86_400), segment_bytes: 128 << 20 },
             store: StoreConfig::Datafusion { compact_after_files: 16 },
             processor: ProcessorConfig { group: "store-writer".into(), batch_max: 20_000, flush_interval_ms: 500 },
             suppression: SuppressionConfig {
@@ -345,6 +352,11 @@ impl Config {
         if s.snapshot_interval_secs == 0 {
             return invalid("suppression.snapshot_interval_secs", "must be at least 1");
         }
+        if let BusConfig::Embedded { segment_bytes, .. } = &self.bus {
+            if *segment_bytes < 4096 {
+                return invalid("bus.segment_bytes", "must be at least 4096");
+            }
+        }
         if let BusConfig::Kafka(k) = &self.bus {
             if k.brokers.trim().is_empty() {
                 return invalid("bus.brokers", "must name at least one broker (host:port)");
@@ -378,6 +390,21 @@ impl Config {
 
     pub fn registry_path(&self) -> PathBuf {
         self.data_dir.join("registry.json")
+    }
+}
+
+/// A retention as people write it in a configuration file: `7d`, `36h`, `90m`, `1h 30m`.
+mod duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("retention {text:?} is not a duration such as 7d, 36h or 90m: {e}")))
     }
 }
 
@@ -435,6 +462,26 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_bus_retention_reads_as_people_write_it() {
+        figment::Jail::expect_with(|jail| {
+            let bus = |c: Config| match c.bus {
+                BusConfig::Embedded { retention, segment_bytes } => (retention.as_secs(), segment_bytes),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(bus(Config::load(None).unwrap()), (7 * 86_400, 128 << 20), "defaults: 7 days, 128 MiB");
+            jail.create_file("r.toml", "[bus]\nretention = \"36h\"\n")?;
+            assert_eq!(bus(Config::load(Some(Path::new("r.toml"))).unwrap()), (36 * 3600, 128 << 20));
+            jail.set_env("MAILPIPE__BUS__RETENTION", "1h 30m");
+            jail.set_env("MAILPIPE__BUS__SEGMENT_BYTES", "65536");
+            assert_eq!(bus(Config::load(None).unwrap()), (5400, 65536));
+            jail.set_env("MAILPIPE__BUS__RETENTION", "a week");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("retention") && err.contains("7d"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn backends_are_tagged() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("k.toml", "[bus]\nbackend = \"kafka\"\n")?;
@@ -458,3 +505,4 @@ mod tests {
         });
     }
 }
+

@@ -28,13 +28,15 @@ const EVENTS: usize = 0;
 const HITS: usize = 1;
 const INBOUND: usize = 2;
 
-pub async fn soak(rate: u64, minutes: u64, dir: PathBuf) -> anyhow::Result<()> {
+pub async fn soak(rate: u64, minutes: u64, dir: PathBuf, retention: Duration, segment_bytes: u64) -> anyhow::Result<()> {
     telemetry::metrics();
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     let mut config = Config::default();
     config.data_dir = dir.clone();
+    config.bus = mailpipe_config::BusConfig::Embedded { retention, segment_bytes };
+    let bus_dir = config.bus_dir();
     let app = App::open(config).await?;
     app.registry.create_tenant("soak")?;
     let mut new = mailpipe_tenants::NewKey::new("soak", &[mailpipe_tenants::Scope::EventsWrite, mailpipe_tenants::Scope::InboundWrite]);
@@ -53,10 +55,10 @@ pub async fn soak(rate: u64, minutes: u64, dir: PathBuf) -> anyhow::Result<()> {
     let per_tick = |share: f64| (rate as f64 * share / 100.0).max(0.0);
     let (reported, hits, inbound) = (per_tick(0.60), per_tick(0.35), per_tick(0.05));
     println!(
-        "soak: {rate} events/s for {minutes} min on `serve` (embedded) in {}: per second {:.0} reported (sent, delivered, bounced), {:.0} open and click hits, {:.0} DSNs",
-        dir.display(), reported * 100.0, hits * 100.0, inbound * 100.0
+        "soak: {rate} events/s for {minutes} min on `serve` (embedded) in {}, bus retention {}: per second {:.0} reported (sent, delivered, bounced), {:.0} open and click hits, {:.0} DSNs",
+        dir.display(), humantime::format_duration(retention), reported * 100.0, hits * 100.0, inbound * 100.0
     );
-    println!("{:>4} {:>8} {:>8} {:>5} {:>9} {:>13} {:>28} {:>7}", "min", "events/s", "RSS MiB", "fds", "disk MiB", "store lag p99", "p99 ms events/hits/inbound", "failed");
+    println!("{:>4} {:>8} {:>8} {:>5} {:>9} {:>8} {:>13} {:>28} {:>7}", "min", "events/s", "RSS MiB", "fds", "disk MiB", "bus MiB", "store lag p99", "p99 ms events/hits/inbound", "failed");
     let started = Instant::now();
     let end = started + Duration::from_secs(minutes * 60);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -138,11 +140,12 @@ pub async fn soak(rate: u64, minutes: u64, dir: PathBuf) -> anyhow::Result<()> {
                 percentile(&l, 0.99) * 1000.0
             };
             println!(
-                "{minute:>4} {:>8.0} {:>8.0} {:>5} {:>9.1} {:>11.0}ms {:>28} {:>7}",
+                "{minute:>4} {:>8.0} {:>8.0} {:>5} {:>9.1} {:>8.1} {:>11.0}ms {:>28} {:>7}",
                 (acked - acked_before) as f64 / 60.0,
                 rss_bytes() as f64 / (1 << 20) as f64,
                 open_fds(),
                 disk_bytes(&dir) as f64 / (1 << 20) as f64,
+                disk_bytes(&bus_dir) as f64 / (1 << 20) as f64,
                 minute_lag_p99(&lag_before, &metrics) * 1000.0,
                 format!("{:.1}/{:.1}/{:.1}", p99(EVENTS), p99(HITS), p99(INBOUND)),
                 kinds.failed.load(Ordering::Relaxed)

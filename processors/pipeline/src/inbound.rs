@@ -26,7 +26,7 @@ pub fn inbound_events(
         Some((id, send)) => (id, send),
         None => (
             candidates.first().map_or_else(|| format!("<{}@inbound>", envelope.inbound_id), |id| id.to_string()),
-            SentMessage { campaign: UNMATCHED_CAMPAIGN.into(), variant: String::new() },
+            SentMessage { campaign: UNMATCHED_CAMPAIGN.into(), variant: String::new(), stream: None },
         ),
     };
     let event = |index: usize, event_type: EventType, recipient: &str| Event {

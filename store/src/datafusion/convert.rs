@@ -39,6 +39,7 @@ pub fn to_batch(events: &[&Event]) -> Result<RecordBatch, StoreError> {
         strs(&|e| e.currency.as_deref()),
         strs(&|e| e.user_agent.as_deref()),
         strs(&|e| e.ip.as_deref()),
+        strs(&|e| e.stream.as_deref()),
     ];
     RecordBatch::try_new(arrow_schema(), columns).map_err(|e| StoreError::Engine(e.to_string()))
 }
@@ -59,6 +60,7 @@ pub fn apply_batch(rollup: &mut Rollup, batch: &RecordBatch) -> Result<usize, St
     );
     let occurred = col("occurred_at")?.as_primitive_opt::<TimestampMillisecondType>().ok_or_else(|| bad("occurred_at"))?;
     let revenue = col("revenue_micros")?.as_primitive_opt::<Int64Type>().ok_or_else(|| bad("revenue_micros"))?;
+    let stream = string("stream")?;
     let mut new = 0;
     for i in 0..batch.num_rows() {
         let id: [u8; 16] = ids.value(i).try_into().map_err(|_| bad("event_id"))?;
@@ -78,6 +80,7 @@ pub fn apply_batch(rollup: &mut Rollup, batch: &RecordBatch) -> Result<usize, St
             message_id: message.value(i),
             bounce_class,
             revenue_micros: if revenue.is_null(i) { 0 } else { revenue.value(i) },
+            stream: (!stream.is_null(i)).then(|| stream.value(i)),
         };
         new += usize::from(rollup.apply(row)?);
     }

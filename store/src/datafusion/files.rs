@@ -4,7 +4,7 @@
 //! lies inside another's is a leftover and is deleted on open: no row is ever read twice.
 
 use crate::StoreError;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{new_null_array, RecordBatch};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -101,7 +101,26 @@ pub fn read(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
         .with_batch_size(64 * 1024)
         .build()
         .map_err(engine)?;
-    reader.map(|b| b.map_err(engine)).collect()
+    reader.map(|b| b.map_err(engine).and_then(current)).collect()
+}
+
+/// A stored batch in the current schema: files written before a column was added (all added
+/// columns are nullable) get it as nulls, so they compact with newer files and load alike.
+fn current(batch: RecordBatch) -> Result<RecordBatch, StoreError> {
+    let schema = arrow_schema();
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Ok(c.clone()),
+            None if f.is_nullable() => Ok(new_null_array(f.data_type(), batch.num_rows())),
+            None => Err(engine(format!("stored file has no column {}", f.name()))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema, columns).map_err(engine)
 }
 
 /// Merges the files of one day into one new file; the caller deletes the inputs once no

@@ -31,6 +31,8 @@ pub struct RowRef<'a> {
     pub message_id: &'a str,
     pub bounce_class: Option<BounceClass>,
     pub revenue_micros: i64,
+    /// The mail stream of a send.
+    pub stream: Option<&'a str>,
 }
 
 impl<'a> RowRef<'a> {
@@ -45,6 +47,7 @@ impl<'a> RowRef<'a> {
             message_id: &e.message_id,
             bounce_class: e.bounce_class,
             revenue_micros: e.revenue_micros.unwrap_or(0),
+            stream: e.stream.as_deref(),
         }
     }
 }
@@ -172,11 +175,13 @@ struct MessageState {
     orphans: Vec<Orphan>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct Send {
     campaign: u32,
     variant: u32,
     at_ms: i64,
+    /// Its mail stream (an unsubscribe from the message suppresses that stream only).
+    stream: Option<Box<str>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -296,22 +301,30 @@ fn decode_cell(v: &[u8]) -> Result<(Cell, BTreeMap<i64, u32>), StoreError> {
 }
 
 impl MessageState {
-    /// A flags byte (bit 0: a send; bits 1-4: a first of each kind), the send, the firsts,
-    /// then the orphans.
+    /// A flags byte (bit 0: a send; bits 1-4: a first of each kind; bit 5: the send has a
+    /// stream), the send, the firsts, the stream (a length byte and its bytes), then the
+    /// orphans.
     fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(1 + 16 * 5 + 26 * self.orphans.len());
-        let flags = u8::from(self.send.is_some()) | self.firsts.iter().enumerate().fold(0, |f, (i, x)| f | (u8::from(x.is_some()) << (i + 1)));
+        let stream = self.send.as_ref().and_then(|s| s.stream.as_deref());
+        let flags = u8::from(self.send.is_some()) | self.firsts.iter().enumerate().fold(0, |f, (i, x)| f | (u8::from(x.is_some()) << (i + 1))) | (u8::from(stream.is_some()) << 5);
         v.push(flags);
         let place = |v: &mut Vec<u8>, at: i64, campaign: u32, variant: u32| {
             v.extend_from_slice(&at.to_le_bytes());
             v.extend_from_slice(&campaign.to_le_bytes());
             v.extend_from_slice(&variant.to_le_bytes());
         };
-        if let Some(s) = self.send {
+        if let Some(s) = &self.send {
             place(&mut v, s.at_ms, s.campaign, s.variant);
         }
         for f in self.firsts.iter().flatten() {
             place(&mut v, f.at_ms, f.campaign, f.variant);
+        }
+        if let Some(stream) = stream {
+            // Streams are at most 64 bytes (ingest refuses longer ones).
+            let stream = &stream.as_bytes()[..stream.len().min(255)];
+            v.push(stream.len() as u8);
+            v.extend_from_slice(stream);
         }
         for o in &self.orphans {
             place(&mut v, o.at_ms, o.campaign, o.variant);
@@ -327,12 +340,19 @@ impl MessageState {
         let flags = b.u8()?;
         let mut s = MessageState::default();
         if flags & 1 != 0 {
-            s.send = Some(Send { at_ms: b.i64()?, campaign: b.u32()?, variant: b.u32()? });
+            s.send = Some(Send { at_ms: b.i64()?, campaign: b.u32()?, variant: b.u32()?, stream: None });
         }
         for (i, f) in s.firsts.iter_mut().enumerate() {
             if flags & (1 << (i + 1)) != 0 {
                 *f = Some(First { at_ms: b.i64()?, campaign: b.u32()?, variant: b.u32()? });
             }
+        }
+        if flags & (1 << 5) != 0 {
+            let len = b.u8()? as usize;
+            let (stream, rest) = b.0.split_at_checked(len).ok_or_else(|| engine("truncated entry"))?;
+            b.0 = rest;
+            let stream = std::str::from_utf8(stream).map_err(engine)?;
+            s.send.as_mut().ok_or_else(|| engine("a stream without a send"))?.stream = Some(stream.into());
         }
         while !b.0.is_empty() {
             let (at_ms, campaign, variant) = (b.i64()?, b.u32()?, b.u32()?);
@@ -447,7 +467,7 @@ impl Rollup {
         let mut variant = tenant.variant_id(campaign, row.variant);
         let (at, hard) = (row.occurred_ms, row.bounce_class == Some(BounceClass::Hard));
         if let (true, Some(s)) = (orphan, state.as_mut()) {
-            if let Some(send) = s.send {
+            if let Some(send) = &s.send {
                 (campaign, variant) = (send.campaign, send.variant);
             }
             s.orphans.push(Orphan { at_ms: at, kind: row.event_type, hard, revenue_micros: row.revenue_micros, campaign, variant });
@@ -458,8 +478,8 @@ impl Rollup {
             tenant.count_first(s, at, kind, campaign, variant);
         }
         if let (EventType::Sent, Some(s)) = (row.event_type, state.as_mut()) {
-            if s.send.is_none_or(|old| at >= old.at_ms) {
-                s.send = Some(Send { campaign, variant, at_ms: at });
+            if s.send.as_ref().is_none_or(|old| at >= old.at_ms) {
+                s.send = Some(Send { campaign, variant, at_ms: at, stream: row.stream.map(Into::into) });
                 tenant.relocate_orphans(s);
             }
         }
@@ -569,7 +589,7 @@ impl Rollup {
         let Some(t) = self.tenants.get(tenant) else { return Ok(None) };
         let Some(send) = self.message_state(&message_state_key(tenant, message_id))?.and_then(|s| s.send) else { return Ok(None) };
         let c = &t.campaigns[send.campaign as usize];
-        Ok(Some(SentMessage { campaign: c.name.clone(), variant: c.variants[send.variant as usize].clone() }))
+        Ok(Some(SentMessage { campaign: c.name.clone(), variant: c.variants[send.variant as usize].clone(), stream: send.stream.map(String::from) }))
     }
 }
 
@@ -652,7 +672,7 @@ impl TenantRollup {
     /// Moves the message's orphans (and its first of a kind, where that is an orphan) to the
     /// campaign and variant of its send.
     fn relocate_orphans(&mut self, s: &mut MessageState) {
-        let Some(send) = s.send else { return };
+        let Some(send) = s.send.clone() else { return };
         let unmatched = self.campaign_ids.get(UNMATCHED_CAMPAIGN).copied();
         let mut emptied = Vec::new();
         for o in s.orphans.iter_mut().filter(|o| (o.campaign, o.variant) != (send.campaign, send.variant)) {
@@ -726,6 +746,8 @@ mod tests {
             message_id: msg,
             bounce_class: (t == EventType::Bounced).then_some(BounceClass::Hard),
             revenue_micros: if t == EventType::Conversion { 2_500_000 } else { 0 },
+            // Each test send goes out on a stream named as its campaign.
+            stream: (t == EventType::Sent).then_some(campaign),
         })
         .unwrap()
     }
@@ -819,6 +841,7 @@ mod tests {
             message_id: msg,
             bounce_class: Some(BounceClass::Hard),
             revenue_micros: 0,
+            stream: None,
         }
     }
 
@@ -893,7 +916,8 @@ mod tests {
         assert_eq!(daily_of(&r, Some("c"))[0][5], 1);
         assert_eq!(daily_of(&r, Some(UNMATCHED_CAMPAIGN)), vec![vec![0; 7]]);
         assert_eq!(column(&daily(&r, "t", 1, 3, chrono_tz::UTC, None), 1), vec![1, 1, 1]);
-        assert_eq!(r.sent_message("t", "m1").unwrap().map(|m| m.campaign), Some("c".to_string()));
+        let m1 = r.sent_message("t", "m1").unwrap().unwrap();
+        assert_eq!((m1.campaign.as_str(), m1.stream.as_deref()), ("c", Some("c")), "the send's stream is kept on disk");
         assert_eq!(r.events(), 6);
     }
 
@@ -915,11 +939,13 @@ mod tests {
     #[test]
     fn entries_decode_as_they_were_encoded() {
         let s = MessageState {
-            send: Some(Send { campaign: 3, variant: 1, at_ms: -5 }),
+            send: Some(Send { campaign: 3, variant: 1, at_ms: -5, stream: Some("marketing".into()) }),
             firsts: [None, Some(First { at_ms: 9, campaign: 2, variant: 0 }), None, Some(First { at_ms: 1 << 40, campaign: 0, variant: 7 })],
             orphans: vec![Orphan { at_ms: 4, kind: EventType::Complaint, hard: false, revenue_micros: 0, campaign: 1, variant: 2 }, Orphan { at_ms: 5, kind: EventType::Bounced, hard: true, revenue_micros: -3, campaign: 0, variant: 0 }],
         };
         assert_eq!(MessageState::decode(&s.encode()).unwrap(), s);
+        let unstreamed = MessageState { send: Some(Send { stream: None, ..s.send.clone().unwrap() }), ..s.clone() };
+        assert_eq!(MessageState::decode(&unstreamed.encode()).unwrap(), unstreamed);
         let mut cell = Cell::default();
         cell.add_events(EventType::Bounced, true, 2, 7, -100, 200);
         cell.firsts[2] = 4;

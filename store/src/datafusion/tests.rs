@@ -169,3 +169,62 @@ async fn compaction_merges_small_files_and_a_crash_midway_counts_nothing_twice()
     assert_eq!(store.scan("b", &q).await.unwrap(), expected);
     assert!(parsed.iter().all(|f| !f.path.exists()), "superseded files left behind");
 }
+
+/// Files written before the `stream` column existed (by an earlier release) load, compact with
+/// newer files and scan alike; their sends simply have no stream.
+#[tokio::test]
+async fn files_from_before_the_stream_column_load_compact_and_scan_with_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let may_1 = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    let mut events = fixture(13, 400);
+    for (i, e) in events.iter_mut().enumerate() {
+        (e.occurred_at, e.received_at) = (may_1 + Duration::seconds(i as i64), may_1 + Duration::seconds(i as i64));
+        e.stream = (e.event_type == EventType::Sent).then(|| "marketing".into());
+        if i < 200 {
+            e.message_id = format!("old{i}@x");
+        }
+    }
+    let (old, new) = events.split_at(200);
+    let batch = convert::to_batch(&old.iter().collect::<Vec<_>>()).unwrap();
+    let without = batch.project(&(0..batch.num_columns() - 1).collect::<Vec<_>>()).unwrap();
+    assert!(without.column_by_name("stream").is_none() && without.num_columns() == mailpipe_schemas::COLUMNS.len() - 1);
+    let day_dir = dir.path().join("events/day=2026-05-01");
+    std::fs::create_dir_all(&day_dir).unwrap();
+    let old_file = day_dir.join("000000000001-000000000001.parquet");
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&old_file).unwrap(), without.schema(), None).unwrap();
+    w.write(&without).unwrap();
+    w.close().unwrap();
+
+    let config = DataFusionStoreConfig::new(dir.path());
+    let store = DataFusionEventStore::open(config.clone()).await.unwrap();
+    assert_eq!(store.event_count(), 200, "the old file loads");
+    for chunk in new.chunks(50) {
+        store.insert(chunk).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    let q = q(1, 1, chrono_tz::UTC, Grain::Day, None, vec![Dimension::Campaign]);
+    let expected = answer(&store, "a", &q).await;
+    assert_eq!(store.scan("a", &q).await.unwrap(), expected, "old and new files scan together");
+    drop(store);
+    // The old file compacts with the new ones (the inputs go when the store opens next).
+    let root = dir.path().join("events");
+    let day = files::open_files(&root).unwrap();
+    assert_eq!(day.len(), 5);
+    files::compact(&root, &day).unwrap();
+
+    let store = DataFusionEventStore::open(config).await.unwrap();
+    assert!(!old_file.exists(), "the old file was compacted with the new ones");
+    assert_eq!(store.file_count().await, 1);
+    assert_eq!(store.event_count(), 400);
+    assert_eq!(answer(&store, "a", &q).await, expected);
+    assert_eq!(store.scan("a", &q).await.unwrap(), expected);
+    let stream_of = |e: &Event| {
+        let store = &store;
+        let (tenant, id) = (e.tenant.clone(), e.message_id.clone());
+        async move { store.message(&tenant, &id).await.unwrap().unwrap().stream }
+    };
+    let old_send = old.iter().find(|e| e.event_type == EventType::Sent).unwrap();
+    assert_eq!(stream_of(old_send).await, None, "the old file had no stream");
+    let new_send = new.iter().rev().find(|e| e.event_type == EventType::Sent).unwrap();
+    assert_eq!(stream_of(new_send).await.as_deref(), Some("marketing"));
+}
