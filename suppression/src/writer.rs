@@ -4,7 +4,7 @@
 //! caused them committed. A redelivery after a crash finds its change already in the entry's
 //! history and writes nothing. Every 30 seconds it writes the expiry of what has ended.
 //!
-//! An unsubscribe that names no stream (a reported one, or from a URL made without one) takes
+//! An unsubscribe that names no stream (from an unsubscribe URL made without one) takes
 //! the stream of its message's send, looked up in the event store. A message whose send is not
 //! stored suppresses every stream, the safe side; so does one that arrives while the store does
 //! not answer (within `JOIN_TIMEOUT`; then no lookup for `JOIN_PAUSE`): a store outage must not
